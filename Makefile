@@ -1,0 +1,77 @@
+# One entry point for people and CI. Every target runs from the repository
+# root; the virtualenv lives in .venv so every tool finds the same packages.
+
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+FLEET := $(PY) scripts/fleet.py
+# Scaling target for `make scale N=3`.
+N ?=
+# Extra arguments for the load test, e.g. `make loadtest ARGS="--concurrency 8"`.
+ARGS ?=
+
+.PHONY: setup test run-worker tiny-model serve stop restart status reload \
+        scale monitor logs verify install-system loadtest bench soak fuzz lint
+
+# The stamp makes `make setup` cheap when nothing changed, and re-runs pip
+# whenever requirements.txt does.
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	scripts/setup.sh
+	touch $@
+
+test: setup
+	$(PY) -m pytest -q tests
+
+run-worker: setup
+	$(VENV)/bin/gunicorn -c deploy/gunicorn.conf.py 'app:create_app()'
+
+tiny-model: setup
+	$(PY) scripts/make_tiny_model.py models/tiny-sensevoice
+
+serve: setup
+	$(FLEET) serve
+
+stop:
+	$(FLEET) stop
+
+restart: setup
+	$(FLEET) restart
+
+status:
+	$(FLEET) status
+
+reload: setup
+	$(FLEET) reload
+
+scale: setup
+	@test -n "$(N)" || { echo "usage: make scale N=<instances>" >&2; exit 2; }
+	$(FLEET) scale $(N)
+
+monitor:
+	scripts/monitor.sh $(ARGS)
+
+logs:
+	$(FLEET) logs
+
+verify: setup
+	$(FLEET) verify
+
+install-system: setup
+	$(FLEET) install-system
+
+loadtest: setup
+	$(PY) scripts/loadtest.py $(ARGS)
+
+bench: setup
+	$(PY) scripts/bench.py $(ARGS)
+
+soak: setup
+	$(PY) -m pytest -q -m soak tests
+
+fuzz: setup
+	$(PY) -m pytest -q -m fuzz tests
+
+lint:
+	shellcheck scripts/*.sh .ci/run

@@ -1,0 +1,123 @@
+"""Audio decoding: any upload in, 16 kHz mono float32 out.
+
+libsndfile (soundfile) reads wav, flac, ogg and mp3 in-process. Everything
+else goes through ffmpeg on pipes, never a temp file, with a timeout, an
+output cap and only the pipe protocol, so a playlist cannot make it open a
+URL or a local path.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import subprocess
+
+import numpy as np
+import soundfile
+
+from app.errors import BadAudio, TooLarge, UnsupportedMedia
+
+SAMPLE_RATE = 16_000
+# Below 1 kHz nothing intelligible survives; above 768 kHz is no real device.
+MIN_SOURCE_RATE = 1_000
+MAX_SOURCE_RATE = 768_000
+MAX_CHANNELS = 64
+MIN_SECONDS = 0.1
+
+
+def decode(data: bytes, *, max_seconds: float, ffmpeg_timeout: float) -> np.ndarray:
+    """Returns the upload as 16 kHz mono float32, or raises a typed error."""
+    if not data:
+        raise BadAudio("empty file: the upload has no bytes")
+    try:
+        info = soundfile.info(io.BytesIO(data))
+    except (soundfile.LibsndfileError, RuntimeError, TypeError):
+        samples = _decode_with_ffmpeg(data, max_seconds, ffmpeg_timeout)
+    else:
+        samples = _decode_with_soundfile(data, info, max_seconds)
+    return _checked(samples, max_seconds)
+
+
+def duration_seconds(samples: np.ndarray) -> float:
+    return len(samples) / SAMPLE_RATE
+
+
+def _decode_with_soundfile(data: bytes, info, max_seconds: float) -> np.ndarray:
+    if not MIN_SOURCE_RATE <= info.samplerate <= MAX_SOURCE_RATE:
+        raise BadAudio(
+            f"unsupported sample rate {info.samplerate} Hz: "
+            f"expected {MIN_SOURCE_RATE} to {MAX_SOURCE_RATE} Hz"
+        )
+    if not 1 <= info.channels <= MAX_CHANNELS:
+        raise BadAudio(f"unsupported channel count {info.channels}: expected 1 to {MAX_CHANNELS}")
+    # The header's frame count is checked before decoding, so a small file
+    # that claims hours of audio is refused without any work.
+    if info.frames > 0 and info.frames / info.samplerate > max_seconds:
+        raise TooLarge(_too_long(info.frames / info.samplerate, max_seconds))
+    try:
+        frames, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except (soundfile.LibsndfileError, RuntimeError) as error:
+        raise BadAudio(f"corrupt or truncated {info.format} audio: {_first_line(error)}") from None
+    if frames.shape[0] == 0:
+        raise BadAudio("no audio samples: the file holds a header but no sound")
+    mono = frames.mean(axis=1, dtype=np.float32) if frames.shape[1] > 1 else frames[:, 0]
+    return _resample(mono, rate)
+
+
+def _resample(samples: np.ndarray, rate: int) -> np.ndarray:
+    if rate == SAMPLE_RATE:
+        return samples
+    if not np.isfinite(samples).all():
+        raise BadAudio("audio holds NaN or infinite samples")
+    import soxr  # librosa's resampler; imported here to keep import time low
+
+    return soxr.resample(samples, rate, SAMPLE_RATE, quality="HQ").astype(np.float32, copy=False)
+
+
+def _decode_with_ffmpeg(data: bytes, max_seconds: float, timeout: float) -> np.ndarray:
+    # -t caps the output one second past the limit: enough to know it is over.
+    command = [
+        "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error",
+        "-protocol_whitelist", "pipe", "-i", "pipe:0",
+        "-t", f"{max_seconds + 1:.3f}", "-vn", "-sn", "-dn",
+        "-f", "f32le", "-acodec", "pcm_f32le", "-ac", "1", "-ar", str(SAMPLE_RATE), "pipe:1",
+    ]
+    try:
+        result = subprocess.run(command, input=data, capture_output=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise BadAudio(f"decoding took longer than {timeout:g} s") from None
+    except FileNotFoundError:
+        raise UnsupportedMedia("format needs ffmpeg, which is not installed on this worker") from None
+    error = result.stderr.decode("utf-8", "replace").strip()
+    if result.returncode != 0 and not result.stdout:
+        if "Invalid data found" in error or "could not find codec" in error.lower() or not error:
+            raise UnsupportedMedia("not a recognised audio format")
+        raise BadAudio(f"could not decode audio: {_first_line(error)}")
+    samples = np.frombuffer(result.stdout, dtype="<f4")
+    if samples.size == 0:
+        if "does not contain any stream" in error or "Output file" in error:
+            raise UnsupportedMedia("the file holds no audio stream")
+        raise BadAudio("no audio samples: the file holds no decodable sound")
+    return samples.astype(np.float32)
+
+
+def _checked(samples: np.ndarray, max_seconds: float) -> np.ndarray:
+    seconds = duration_seconds(samples)
+    if seconds > max_seconds:
+        raise TooLarge(_too_long(seconds, max_seconds))
+    if seconds < MIN_SECONDS:
+        raise BadAudio(f"audio too short: {seconds:.3f} s, the minimum is {MIN_SECONDS} s")
+    if not np.isfinite(samples).all():
+        raise BadAudio("audio holds NaN or infinite samples")
+    return np.ascontiguousarray(samples, dtype=np.float32)
+
+
+def _too_long(seconds: float, max_seconds: float) -> str:
+    return f"audio too long: {seconds:.1f} s, the limit is {max_seconds:g} s"
+
+
+def _first_line(error: object) -> str:
+    lines = str(error).strip().splitlines()
+    # ffmpeg prefixes its messages with "[demuxer @ 0x55...]": noise to a client.
+    line = re.sub(r"^\[[^\]]*@ 0x[0-9a-f]+\]\s*", "", lines[0]) if lines else "unknown error"
+    return line[:200]

@@ -1,0 +1,187 @@
+"""Cross-request batching: one inference thread owns the model.
+
+Handler threads submit a request's segments as a group and wait on futures.
+The inference thread takes up to `max_items` segments (or `max_seconds` of
+audio) of one language, waiting at most `wait_s` for a batch to fill, and runs
+them as one engine call. A full queue refuses the whole group at once, so the
+client (or Nginx) can go to another worker instead of waiting here.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, InvalidStateError
+
+import numpy as np
+
+from app.engines import SAMPLE_RATE, Engine, Transcript
+from app.errors import DeadlineExceeded, Overloaded
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(eq=False)
+class Job:
+    """One segment waiting for the model."""
+
+    audio: np.ndarray
+    language: str
+    deadline: float
+    future: Future = dataclasses.field(default_factory=Future)
+    attempts: int = 0
+    # After a failed batch, a job runs alone so one bad segment cannot keep
+    # failing its neighbours.
+    solo: bool = False
+
+    @property
+    def seconds(self) -> float:
+        return len(self.audio) / SAMPLE_RATE
+
+
+class Batcher:
+    def __init__(self, engine: Engine, *, max_items: int, max_seconds: float, wait_s: float,
+                 queue_limit: int, retries: int, backoff_s: float,
+                 on_batch: Callable[[int, float, float], None] = lambda size, audio_s, model_s: None):
+        self.engine = engine
+        self.max_items = max_items
+        self.max_seconds = max_seconds
+        self.wait_s = wait_s
+        self.queue_limit = queue_limit
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.on_batch = on_batch
+        self._queue: collections.deque[Job] = collections.deque()
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    def submit(self, audios: list[np.ndarray], language: str, deadline: float) -> list[Job]:
+        """Queues one request's segments, all or none; raises Overloaded when full."""
+        jobs = [Job(audio, language, deadline) for audio in audios]
+        with self._changed:
+            # An empty queue takes any request, so a long recording with more
+            # segments than the limit is still served when the worker is idle.
+            if self._queue and len(self._queue) + len(jobs) > self.queue_limit:
+                raise Overloaded(f"worker queue full ({len(self._queue)} segments waiting), retry shortly")
+            self._queue.extend(jobs)
+            self._changed.notify()
+        return jobs
+
+    def cancel(self, jobs: list[Job]) -> None:
+        """Drops jobs nobody waits for any more (their request timed out)."""
+        for job in jobs:
+            job.future.cancel()
+
+    def _run(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch:
+                self._run_batch(batch)
+
+    def _next_batch(self) -> list[Job]:
+        with self._changed:
+            while not self._queue:
+                self._changed.wait()
+            first_arrival = time.monotonic()
+            while len(self._queue) < self.max_items and not self._queue[0].solo:
+                remaining = first_arrival + self.wait_s - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._changed.wait(remaining)
+            return self._take_batch()
+
+    def _take_batch(self) -> list[Job]:
+        first = self._queue.popleft()
+        batch, seconds = [first], first.seconds
+        if first.solo:
+            return batch
+        kept: collections.deque[Job] = collections.deque()
+        while self._queue and len(batch) < self.max_items:
+            job = self._queue.popleft()
+            fits = not job.solo and job.language == first.language
+            if fits and seconds + job.seconds <= self.max_seconds:
+                batch.append(job)
+                seconds += job.seconds
+            else:
+                kept.append(job)
+        self._queue.extendleft(reversed(kept))
+        return batch
+
+    def _run_batch(self, batch: list[Job]) -> None:
+        now = time.monotonic()
+        live = []
+        for job in batch:
+            if job.future.cancelled():
+                continue
+            if now > job.deadline:
+                _settle(job, error=DeadlineExceeded("request deadline passed before inference"))
+            else:
+                live.append(job)
+        if not live:
+            return
+        started = time.monotonic()
+        try:
+            results = self.engine.transcribe_batch([job.audio for job in live], live[0].language)
+            if len(results) != len(live):
+                raise RuntimeError(f"engine returned {len(results)} results for {len(live)} clips")
+        except Exception as error:  # any engine failure is retried, never fatal
+            log.warning("batch of %d failed: %s", len(live), error)
+            self._retry_or_fail(live, error)
+            return
+        self.on_batch(len(live), sum(job.seconds for job in live), time.monotonic() - started)
+        for job, result in zip(live, results):
+            _settle(job, result=result)
+
+    def _retry_or_fail(self, jobs: list[Job], error: Exception) -> None:
+        retry = []
+        for job in jobs:
+            job.attempts += 1
+            if job.attempts > self.retries:
+                _settle(job, error=error)
+            else:
+                job.solo = True
+                retry.append(job)
+        if retry:
+            time.sleep(self.backoff_s * 2 ** (retry[0].attempts - 1))
+            with self._changed:
+                self._queue.extendleft(reversed(retry))
+
+
+def _settle(job: Job, result: Transcript | None = None, error: Exception | None = None) -> None:
+    # The waiting handler may have cancelled the job (deadline) meanwhile.
+    try:
+        if error is not None:
+            job.future.set_exception(error)
+        else:
+            job.future.set_result(result)
+    except InvalidStateError:
+        pass
+
+
+def wait_all(jobs: list[Job], deadline: float) -> list[Transcript | Exception]:
+    """Waits for every job; a failed one yields its exception, not a raise."""
+    outcomes: list[Transcript | Exception] = []
+    for job in jobs:
+        remaining = deadline - time.monotonic()
+        try:
+            outcomes.append(job.future.result(timeout=max(remaining, 0)))
+        except TimeoutError:
+            raise DeadlineExceeded("request took longer than the per-request deadline") from None
+        except Exception as error:  # noqa: BLE001 - reported per segment
+            outcomes.append(error)
+    return outcomes

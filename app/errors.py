@@ -1,0 +1,121 @@
+"""Typed errors and the one handler that turns them into responses.
+
+Code raises an ASRError subclass with a one-line reason; `register` maps it to
+its HTTP status and to one of two JSON shapes: the original system's
+`{"code", "msg"}`, or OpenAI's `{"error": {...}}` under /v1/.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import flask
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work; the worker refuses to start."""
+
+
+class ASRError(Exception):
+    """Base of every error a client can cause or should see."""
+
+    status = 500
+    openai_type = "server_error"
+
+    def __init__(self, message: str, *, param: str | None = None, retry_after: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.retry_after = retry_after
+
+
+class BadRequest(ASRError):
+    status = 400
+    openai_type = "invalid_request_error"
+
+
+class BadAudio(BadRequest):
+    """The upload is empty, truncated or corrupt."""
+
+
+class UnsupportedMedia(ASRError):
+    """The upload is not audio any decoder knows."""
+
+    status = 415
+    openai_type = "invalid_request_error"
+
+
+class TooLarge(ASRError):
+    """Over the upload size or audio duration limit."""
+
+    status = 413
+    openai_type = "invalid_request_error"
+
+
+class Unprocessable(ASRError):
+    """Well-formed, but this model cannot do it (e.g. an unsupported language)."""
+
+    status = 422
+    openai_type = "invalid_request_error"
+
+
+class Overloaded(ASRError):
+    """The queue is full or the model is not ready: try another worker."""
+
+    status = 503
+    openai_type = "server_error"
+
+    def __init__(self, message: str, *, retry_after: int = 1):
+        super().__init__(message, retry_after=retry_after)
+
+
+class DeadlineExceeded(Overloaded):
+    """The request could not finish within the per-request deadline."""
+
+
+def _snake_case(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def _respond(status: int, message: str, openai_type: str, code: str, *, param=None, retry_after=None):
+    if flask.request.path.startswith("/v1/"):
+        body = {"error": {"message": message, "type": openai_type, "param": param, "code": code}}
+    else:
+        body = {"code": status, "msg": message}
+    response = flask.jsonify(body)
+    response.status_code = status
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
+    return response
+
+
+def register(app: flask.Flask) -> None:
+    """Installs the handlers: typed errors, HTTP errors and the last resort."""
+
+    @app.errorhandler(ASRError)
+    def handle_asr_error(error: ASRError):
+        flask.g.error_reason = error.message
+        return _respond(
+            error.status, error.message, error.openai_type, _snake_case(type(error).__name__),
+            param=error.param, retry_after=error.retry_after,
+        )
+
+    @app.errorhandler(HTTPException)
+    def handle_http_error(error: HTTPException):
+        # 404, 405, and werkzeug's own 413 for bodies over MAX_CONTENT_LENGTH.
+        status = error.code or 500
+        message = error.description or error.name
+        if status == 413:
+            message = f"upload too large: the limit is {app.config['MAX_CONTENT_LENGTH']} bytes"
+        openai_type = "invalid_request_error" if status < 500 else "server_error"
+        return _respond(status, message, openai_type, _snake_case(error.name.replace(" ", "")))
+
+    @app.errorhandler(Exception)
+    def handle_unexpected(error: Exception):
+        # The trace goes to the log, never to the client.
+        log.exception("unhandled error on %s", flask.request.path)
+        return _respond(500, "internal error, see the worker log", "server_error", "internal_error")

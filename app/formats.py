@@ -1,0 +1,83 @@
+"""Output formats: SRT, WebVTT, plain text and the OpenAI JSON bodies.
+
+Every function takes the transcribed segments and returns a body; nothing
+here knows about HTTP or the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentText:
+    """A transcribed segment: times in seconds, tags already stripped."""
+
+    start: float
+    end: float
+    text: str
+    emotion: str | None = None
+    event: str | None = None
+
+    def as_dict(self) -> dict:
+        return {
+            "start": round(self.start, 3), "end": round(self.end, 3), "text": self.text,
+            "emotion": self.emotion, "event": self.event,
+        }
+
+
+def timestamp(seconds: float, decimal_marker: str) -> str:
+    """Formats seconds as HH:MM:SS,mmm (SRT) or HH:MM:SS.mmm (VTT)."""
+    millis = max(0, round(seconds * 1000))
+    hours, millis = divmod(millis, 3_600_000)
+    minutes, millis = divmod(millis, 60_000)
+    secs, millis = divmod(millis, 1000)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}{decimal_marker}{millis:03d}"
+
+
+def _spoken(segments: list[SegmentText]) -> list[SegmentText]:
+    # A cue with no words is noise in a subtitle file.
+    return [segment for segment in segments if segment.text]
+
+
+def to_srt(segments: list[SegmentText]) -> str:
+    cues = [
+        f"{index}\n{timestamp(s.start, ',')} --> {timestamp(s.end, ',')}\n{s.text}\n"
+        for index, s in enumerate(_spoken(segments), start=1)
+    ]
+    return "\n".join(cues)
+
+
+def to_vtt(segments: list[SegmentText]) -> str:
+    cues = [
+        f"{timestamp(s.start, '.')} --> {timestamp(s.end, '.')}\n{s.text}\n"
+        for s in _spoken(segments)
+    ]
+    return "WEBVTT\n\n" + "\n".join(cues)
+
+
+def to_text(segments: list[SegmentText]) -> str:
+    return " ".join(segment.text for segment in _spoken(segments))
+
+
+def to_verbose_json(segments: list[SegmentText], *, language: str, duration: float,
+                    model: str) -> dict:
+    """OpenAI's verbose_json; fields SenseVoice cannot compute are neutral."""
+    return {
+        "task": "transcribe",
+        "language": language,
+        "duration": round(duration, 3),
+        "text": to_text(segments),
+        "model": model,
+        "segments": [
+            {
+                "id": index, "seek": 0, "start": round(s.start, 3), "end": round(s.end, 3),
+                "text": s.text, "tokens": [], "temperature": 0.0, "avg_logprob": 0.0,
+                "compression_ratio": 0.0, "no_speech_prob": 0.0,
+            }
+            for index, s in enumerate(_spoken(segments))
+        ],
+    }
+
+
+RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
