@@ -48,6 +48,7 @@ def create_app(settings: Settings | None = None, *, start: bool = True) -> flask
 
     app = flask.Flask(__name__)
     app.request_class = InMemoryRequest
+    app.config["ASR_MAX_UPLOAD_BYTES"] = settings.max_upload_bytes
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes + FORM_OVERHEAD_BYTES
     app.config["MAX_FORM_MEMORY_SIZE"] = settings.max_upload_bytes + FORM_OVERHEAD_BYTES
     app.json.sort_keys = False

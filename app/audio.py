@@ -23,6 +23,7 @@ MIN_SOURCE_RATE = 1_000
 MAX_SOURCE_RATE = 768_000
 MAX_CHANNELS = 64
 MIN_SECONDS = 0.1
+UNKNOWN_FRAMES = 2**62
 
 
 def decode(data: bytes, *, max_seconds: float, ffmpeg_timeout: float) -> np.ndarray:
@@ -32,9 +33,10 @@ def decode(data: bytes, *, max_seconds: float, ffmpeg_timeout: float) -> np.ndar
     try:
         info = soundfile.info(io.BytesIO(data))
     except (soundfile.LibsndfileError, RuntimeError, TypeError):
+        info = None
+    samples = _decode_with_soundfile(data, info, max_seconds) if info else None
+    if samples is None:
         samples = _decode_with_ffmpeg(data, max_seconds, ffmpeg_timeout)
-    else:
-        samples = _decode_with_soundfile(data, info, max_seconds)
     return _checked(samples, max_seconds)
 
 
@@ -42,7 +44,9 @@ def duration_seconds(samples: np.ndarray) -> float:
     return len(samples) / SAMPLE_RATE
 
 
-def _decode_with_soundfile(data: bytes, info, max_seconds: float) -> np.ndarray:
+def _decode_with_soundfile(data: bytes, info, max_seconds: float) -> np.ndarray | None:
+    """Decodes in-process; None when libsndfile cannot read what it recognised
+    (a FLAC streamed without seek tables, say), so ffmpeg gets its turn."""
     if not MIN_SOURCE_RATE <= info.samplerate <= MAX_SOURCE_RATE:
         raise BadAudio(
             f"unsupported sample rate {info.samplerate} Hz: "
@@ -51,17 +55,34 @@ def _decode_with_soundfile(data: bytes, info, max_seconds: float) -> np.ndarray:
     if not 1 <= info.channels <= MAX_CHANNELS:
         raise BadAudio(f"unsupported channel count {info.channels}: expected 1 to {MAX_CHANNELS}")
     # The header's frame count is checked before decoding, so a small file
-    # that claims hours of audio is refused without any work.
-    if info.frames > 0 and info.frames / info.samplerate > max_seconds:
+    # that claims hours of audio is refused without any work. A streamed
+    # file (FLAC written to a pipe) has no count: libsndfile says SF_COUNT_MAX.
+    known_length = 0 < info.frames < UNKNOWN_FRAMES
+    if known_length and info.frames / info.samplerate > max_seconds:
         raise TooLarge(_too_long(info.frames / info.samplerate, max_seconds))
     try:
-        frames, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    except (soundfile.LibsndfileError, RuntimeError) as error:
-        raise BadAudio(f"corrupt or truncated {info.format} audio: {_first_line(error)}") from None
+        frames = _read_frames(data, None if known_length else int((max_seconds + 1) * info.samplerate))
+    except (soundfile.LibsndfileError, RuntimeError):
+        return None
     if frames.shape[0] == 0:
         raise BadAudio("no audio samples: the file holds a header but no sound")
     mono = frames.mean(axis=1, dtype=np.float32) if frames.shape[1] > 1 else frames[:, 0]
-    return _resample(mono, rate)
+    return _resample(mono, info.samplerate)
+
+
+def _read_frames(data: bytes, cap: int | None) -> np.ndarray:
+    """Reads all frames, or at most `cap` in blocks when the length is unknown."""
+    with soundfile.SoundFile(io.BytesIO(data)) as sound:
+        if cap is None:
+            return sound.read(dtype="float32", always_2d=True)
+        blocks, total = [], 0
+        while total <= cap:
+            block = sound.read(1 << 16, dtype="float32", always_2d=True)
+            if not len(block):
+                break
+            blocks.append(block)
+            total += len(block)
+        return np.concatenate(blocks) if blocks else np.zeros((0, sound.channels), np.float32)
 
 
 def _resample(samples: np.ndarray, rate: int) -> np.ndarray:

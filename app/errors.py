@@ -110,7 +110,7 @@ def register(app: flask.Flask) -> None:
         status = error.code or 500
         message = error.description or error.name
         if status == 413:
-            message = f"upload too large: the limit is {app.config['MAX_CONTENT_LENGTH']} bytes"
+            message = f"upload too large: the limit is {app.config['ASR_MAX_UPLOAD_BYTES']} bytes"
         openai_type = "invalid_request_error" if status < 500 else "server_error"
         return _respond(status, message, openai_type, _snake_case(error.name.replace(" ", "")))
 

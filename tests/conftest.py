@@ -1,0 +1,104 @@
+"""Shared fixtures: the shared recordings, apps built per case, real workers."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from app import create_app
+from app.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_AUDIO = REPO.parent / "shared" / "audio"
+GUNICORN = Path(sys.executable).parent / "gunicorn"
+
+
+@pytest.fixture(scope="session")
+def audio_dir() -> Path:
+    """../shared/audio, or a clean skip where the recordings are absent."""
+    if not (SHARED_AUDIO / "jfk.flac").exists():
+        pytest.skip("../shared/audio is not present")
+    return SHARED_AUDIO
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def pocketsphinx_app():
+    """One ready worker app on the embedded engine, shared by read-only tests."""
+    app = create_app(Settings(engine="pocketsphinx", instance_name="test-worker"))
+    assert app.extensions["asr"].wait_ready(120), app.extensions["asr"].reason
+    return app
+
+
+@pytest.fixture()
+def client(pocketsphinx_app):
+    return pocketsphinx_app.test_client()
+
+
+class Worker:
+    """A real Gunicorn worker process on a free loopback port."""
+
+    def __init__(self, env: dict[str, str], log_path: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        full_env = {**os.environ, "ASR_PORT": str(self.port), **env}
+        self._log = open(log_path, "wb")
+        self.process = subprocess.Popen(
+            [str(GUNICORN), "-c", "deploy/gunicorn.conf.py", "app:create_app()"],
+            cwd=REPO, env=full_env, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"worker exited {self.process.returncode}: {self.log()}")
+            try:
+                if requests.get(self.url + "/health", timeout=1).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"worker not ready in {timeout} s: {self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-3000:]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+
+
+@pytest.fixture()
+def start_worker(tmp_path):
+    """Starts real Gunicorn workers with extra ASR_* variables; stops them after."""
+    workers: list[Worker] = []
+
+    def start(wait: bool = True, **env: str) -> Worker:
+        worker = Worker(env, tmp_path / f"worker-{len(workers)}.log")
+        workers.append(worker)
+        if wait:
+            worker.wait_ready()
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()
