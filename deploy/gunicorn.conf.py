@@ -51,3 +51,7 @@ proc_name = _settings.instance_name
 accesslog = None
 errorlog = "-"
 loglevel = _settings.log_level
+
+# Gunicorn's control socket lives at one path per user ($HOME/.gunicorn), so
+# every worker of a fleet would fight over it. Supervisor is our control.
+control_socket_disable = True
