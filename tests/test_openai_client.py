@@ -1,0 +1,61 @@
+"""The official openai client, unchanged, against a real Gunicorn worker."""
+
+import openai
+import pytest
+
+
+@pytest.fixture(scope="module")
+def openai_worker(tmp_path_factory, audio_dir):
+    from tests.conftest import Worker
+
+    worker = Worker({"ASR_ENGINE": "pocketsphinx", "ASR_INSTANCE_NAME": "openai-test"},
+                    tmp_path_factory.mktemp("openai") / "worker.log")
+    try:
+        worker.wait_ready()
+        yield worker
+    finally:
+        worker.stop()
+
+
+@pytest.fixture()
+def client(openai_worker):
+    return openai.OpenAI(base_url=openai_worker.url + "/v1", api_key="unused", max_retries=0)
+
+
+def transcribe(client, path, **kwargs):
+    with open(path, "rb") as handle:
+        return client.audio.transcriptions.create(model="whisper-1", file=handle, **kwargs)
+
+
+def test_json(client, audio_dir):
+    result = transcribe(client, audio_dir / "jfk.flac")
+    assert "country" in result.text
+
+
+def test_verbose_json_has_segments_and_language(client, audio_dir):
+    result = transcribe(client, audio_dir / "jfk.flac", response_format="verbose_json",
+                        timestamp_granularities=["segment"], language="en", prompt="a speech")
+    assert result.language == "en" and result.duration == pytest.approx(11.0, abs=0.05)
+    assert len(result.segments) >= 2
+    assert all(s.end > s.start for s in result.segments)
+    assert result.text == " ".join(s.text for s in result.segments)
+
+
+@pytest.mark.parametrize("response_format, start", [
+    ("text", ""), ("srt", "1\n00:00:"), ("vtt", "WEBVTT\n\n00:00:")])
+def test_plain_formats(client, audio_dir, response_format, start):
+    result = transcribe(client, audio_dir / "cards001.wav", response_format=response_format)
+    assert isinstance(result, str) and result.startswith(start)
+    assert "clubs" in result
+
+
+def test_errors_arrive_as_openai_exceptions(client, audio_dir):
+    with pytest.raises(openai.BadRequestError) as error:
+        transcribe(client, audio_dir / "edge" / "null.wav")
+    assert error.value.status_code == 400
+    assert error.value.body["message"].startswith("no audio samples")
+    with pytest.raises(openai.UnprocessableEntityError) as error:
+        transcribe(client, audio_dir / "cards001.wav", language="ja")
+    assert error.value.body["param"] == "language"
+    with pytest.raises(openai.BadRequestError, match="response_format"):
+        transcribe(client, audio_dir / "cards001.wav", response_format="mp4")
