@@ -14,7 +14,7 @@ import uuid
 
 import flask
 
-from app import errors, routes
+from app import auth, errors, routes
 from app.metrics import Metrics
 from app.service import Transcriber
 from app.settings import Settings
@@ -58,7 +58,10 @@ def create_app(settings: Settings | None = None, *, start: bool = True) -> flask
     app.extensions["asr"] = transcriber
     app.register_blueprint(routes.bp)
     errors.register(app)
+    # Request hooks first: a 401 still gets its request ID and is counted.
     _install_request_hooks(app, settings, metrics)
+    if settings.api_key_file:
+        auth.install(app, auth.load_keys(settings.api_key_file))
 
     if start:
         transcriber.start(exit_on_failure=from_environment)

@@ -42,6 +42,13 @@ class BadAudio(BadRequest):
     """The upload is empty, truncated or corrupt."""
 
 
+class Unauthorized(ASRError):
+    """No valid API key."""
+
+    status = 401
+    openai_type = "invalid_request_error"
+
+
 class UnsupportedMedia(ASRError):
     """The upload is not audio any decoder knows."""
 

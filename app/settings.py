@@ -47,6 +47,9 @@ class Settings:
     segment_retries: int = 3
     retry_backoff_seconds: float = 0.05
 
+    # A file of accepted API keys, one per line; None means no key needed.
+    api_key_file: str | None = None
+
     log_level: str = "info"
 
     def __post_init__(self) -> None:
@@ -115,6 +118,7 @@ class Settings:
         take("ASR_REQUEST_TIMEOUT", "request_timeout_seconds", float)
         take("ASR_SEGMENT_RETRIES", "segment_retries", int)
         take("ASR_LOG_LEVEL", "log_level")
+        take("ASR_API_KEY_FILE", "api_key_file")
         mb = env.get("ASR_MAX_UPLOAD_MB")
         if mb:
             try:

@@ -118,3 +118,29 @@ def test_a_model_that_cannot_load_reports_broken_with_the_reason(tmp_path):
     body = response.get_json()
     assert body["status"] == "broken" and "missing-model" in body["reason"]
     assert "\n" not in body["reason"]
+
+
+def test_api_keys_are_checked_before_any_work(tmp_path, audio_dir):
+    keys = tmp_path / "keys"
+    keys.write_text("# fleet keys\nsecret-one\n\nsecret-two\n")
+    app = create_app(Settings(engine="pocketsphinx", api_key_file=str(keys)), start=False)
+    client = app.test_client()
+    response = client.post("/asr", data=upload(audio_dir / "cards001.wav"))
+    assert response.status_code == 401 and "missing API key" in response.get_json()["msg"]
+    response = client.post("/v1/audio/transcriptions", data=upload(audio_dir / "cards001.wav"),
+                           headers={"Authorization": "Bearer wrong"})
+    assert response.status_code == 401
+    assert response.get_json()["error"]["message"] == "invalid API key"
+    # A valid key passes the check; the model is not loaded (start=False), so 503.
+    response = client.post("/asr", data=upload(audio_dir / "cards001.wav"),
+                           headers={"Authorization": "Bearer secret-two"})
+    assert response.status_code == 503
+    assert client.get("/health").status_code == 503  # open, and honest: not loaded
+
+
+def test_an_empty_key_file_refuses_to_start(tmp_path):
+    from app.errors import ConfigError
+
+    (tmp_path / "keys").write_text("# none yet\n")
+    with pytest.raises(ConfigError, match="holds no keys"):
+        create_app(Settings(engine="pocketsphinx", api_key_file=str(tmp_path / "keys")), start=False)
