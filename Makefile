@@ -71,7 +71,7 @@ soak: setup
 	$(PY) -m pytest -q -m soak tests
 
 fuzz: setup
-	$(PY) -m pytest -q -m fuzz tests
+	$(PY) -m pytest -q -m fuzz_long tests
 
 lint:
 	shellcheck scripts/*.sh .ci/run
