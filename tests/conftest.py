@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import subprocess
@@ -26,6 +27,21 @@ def audio_dir() -> Path:
     if not (SHARED_AUDIO / "jfk.flac").exists():
         pytest.skip("../shared/audio is not present")
     return SHARED_AUDIO
+
+
+@pytest.fixture(scope="session")
+def make_tiny_model():
+    """scripts/make_tiny_model.py as a module."""
+    spec = importlib.util.spec_from_file_location("make_tiny_model", REPO / "scripts" / "make_tiny_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, make_tiny_model) -> Path:
+    """A tiny random-weight SenseVoice model, built once per test session."""
+    return make_tiny_model.make_model(tmp_path_factory.mktemp("models") / "tiny-sensevoice")
 
 
 def free_port() -> int:

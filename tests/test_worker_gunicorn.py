@@ -88,3 +88,17 @@ def test_model_that_cannot_load_stops_the_worker_with_one_line(start_worker, tmp
     assert worker.process.wait(timeout=120) != 0
     log = worker.log()
     assert re.search(r"model load failed: cannot load FunASR model '.*nope'", log), log
+
+
+def test_funasr_model_serves_through_gunicorn(start_worker, tiny_model_dir, audio_dir):
+    worker = start_worker(ASR_ENGINE="funasr", ASR_MODEL=str(tiny_model_dir))
+    health = requests.get(worker.url + "/health", timeout=5).json()
+    assert (health["engine"], health["model"], health["device"]) == ("funasr", str(tiny_model_dir), "cpu")
+    response = post(worker.url, audio_dir / "jfk.flac", lang="zh")  # SenseVoice takes zh
+    body = response.json()
+    assert response.status_code == 200, body
+    assert body["model"] == str(tiny_model_dir) and body["engine"] == "funasr"
+    assert body["stats"]["total_segments"] >= 2
+    assert "<|" not in body["data"] and "<|" not in body["text"]
+    response = post(worker.url, audio_dir / "jfk.flac", lang="fr")
+    assert response.status_code == 422 and "auto, en, ja, ko, yue, zh" in response.json()["msg"]

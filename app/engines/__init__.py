@@ -32,10 +32,10 @@ def load_engine(settings: Settings) -> Engine:
 
     device = funasr_engine.pick_device(settings.cuda_visible_devices)
     if settings.engine == "funasr":
-        return _load_funasr(settings.model, device)
+        return _load_funasr(settings.model, device, settings.model_cache_dir)
     available, reason = funasr_engine.model_is_available(settings.model, settings.model_cache_dir)
     if available:
-        return _load_funasr(settings.model, device)
+        return _load_funasr(settings.model, device, settings.model_cache_dir)
     log.warning(
         "!!! ASR_ENGINE=auto: FunASR model %s is not available (%s); "
         "serving the EMBEDDED pocketsphinx engine instead. Every response "
@@ -51,11 +51,11 @@ def _load_pocketsphinx() -> Engine:
     return PocketSphinxEngine.load()
 
 
-def _load_funasr(model: str, device: str) -> Engine:
+def _load_funasr(model: str, device: str, cache_dir: str | None) -> Engine:
     from app.engines.funasr_engine import FunASREngine
 
     try:
-        return FunASREngine.load(model, device)
+        return FunASREngine.load(model, device, cache_dir)
     except Exception as error:  # funasr raises anything from KeyError to OSError
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ConfigError(f"cannot load FunASR model {model!r} on {device}: {reason}") from error
