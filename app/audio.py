@@ -9,6 +9,7 @@ URL or a local path.
 from __future__ import annotations
 
 import io
+import os
 import re
 import subprocess
 
@@ -24,6 +25,11 @@ MAX_SOURCE_RATE = 768_000
 MAX_CHANNELS = 64
 MIN_SECONDS = 0.1
 UNKNOWN_FRAMES = 2**62
+# libsndfile decodes at the file's own rate and channel count before the
+# downmix, so a 56 KB FLAC of silence (192 kHz, 8 channels, 2 min) asks for
+# 0.9 GB, and the same at the duration limit for tens of GB. Past this many
+# samples (256 MB of float32) ffmpeg decodes instead, streaming to 16 kHz mono.
+MAX_INPROCESS_SAMPLES = 2**26
 
 
 def decode(data: bytes, *, max_seconds: float, ffmpeg_timeout: float) -> np.ndarray:
@@ -60,8 +66,11 @@ def _decode_with_soundfile(data: bytes, info, max_seconds: float) -> np.ndarray 
     known_length = 0 < info.frames < UNKNOWN_FRAMES
     if known_length and info.frames / info.samplerate > max_seconds:
         raise TooLarge(_too_long(info.frames / info.samplerate, max_seconds))
+    cap = None if known_length else int((max_seconds + 1) * info.samplerate)
+    if (info.frames if known_length else cap) * info.channels > MAX_INPROCESS_SAMPLES:
+        return None
     try:
-        frames = _read_frames(data, None if known_length else int((max_seconds + 1) * info.samplerate))
+        frames = _read_frames(data, cap)
     except (soundfile.LibsndfileError, RuntimeError):
         return None
     if frames.shape[0] == 0:
@@ -95,24 +104,51 @@ def _resample(samples: np.ndarray, rate: int) -> np.ndarray:
     return soxr.resample(samples, rate, SAMPLE_RATE, quality="HQ").astype(np.float32, copy=False)
 
 
+def _ffmpeg_input(data: bytes) -> tuple[list[str], int | None]:
+    """ffmpeg's input arguments, and the in-memory file it reads, if any.
+
+    Most formats stream through a pipe. MP4/M4A as phones and recorders write
+    them keep their index at the end, which a pipe cannot seek to: those are
+    read from a memfd, a seekable file that lives only in memory and vanishes
+    when closed. The demuxer is forced to mov (its external references are
+    off by default), so the file protocol this needs cannot be turned by a
+    playlist into a read of a local path.
+    """
+    if data[4:8] != b"ftyp":
+        return ["-protocol_whitelist", "pipe", "-i", "pipe:0"], None
+    memory_file = os.memfd_create("asr-upload", 0)
+    os.write(memory_file, data)
+    os.lseek(memory_file, 0, os.SEEK_SET)
+    return ["-f", "mov", "-protocol_whitelist", "file", "-i", f"/dev/fd/{memory_file}"], memory_file
+
+
 def _decode_with_ffmpeg(data: bytes, max_seconds: float, timeout: float) -> np.ndarray:
+    input_args, memory_file = _ffmpeg_input(data)
     # -t caps the output one second past the limit: enough to know it is over.
     command = [
-        "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error",
-        "-protocol_whitelist", "pipe", "-i", "pipe:0",
+        "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", *input_args,
         "-t", f"{max_seconds + 1:.3f}", "-vn", "-sn", "-dn",
         "-f", "f32le", "-acodec", "pcm_f32le", "-ac", "1", "-ar", str(SAMPLE_RATE), "pipe:1",
     ]
     try:
-        result = subprocess.run(command, input=data, capture_output=True, timeout=timeout, check=False)
+        result = subprocess.run(
+            command, input=None if memory_file is not None else data, capture_output=True,
+            timeout=timeout, check=False, pass_fds=() if memory_file is None else (memory_file,))
     except subprocess.TimeoutExpired:
         raise BadAudio(f"decoding took longer than {timeout:g} s") from None
     except FileNotFoundError:
         raise UnsupportedMedia("format needs ffmpeg, which is not installed on this worker") from None
+    finally:
+        if memory_file is not None:
+            os.close(memory_file)
     error = result.stderr.decode("utf-8", "replace").strip()
     if result.returncode != 0 and not result.stdout:
         if "Invalid data found" in error or "could not find codec" in error.lower() or not error:
             raise UnsupportedMedia("not a recognised audio format")
+        # An image or a silent video: ffmpeg opens it, finds nothing to write
+        # and says so after its first complaint about the picture.
+        if "does not contain any stream" in error:
+            raise UnsupportedMedia("the file holds no audio stream")
         raise BadAudio(f"could not decode audio: {_first_line(error)}")
     samples = np.frombuffer(result.stdout, dtype="<f4")
     if samples.size == 0:
@@ -125,7 +161,8 @@ def _decode_with_ffmpeg(data: bytes, max_seconds: float, timeout: float) -> np.n
 def _checked(samples: np.ndarray, max_seconds: float) -> np.ndarray:
     seconds = duration_seconds(samples)
     if seconds > max_seconds:
-        raise TooLarge(_too_long(seconds, max_seconds))
+        # Decoding stopped just past the limit, so the true length is unknown.
+        raise TooLarge(f"audio too long: over {max_seconds:g} s, the limit is {max_seconds:g} s")
     if seconds < MIN_SECONDS:
         raise BadAudio(f"audio too short: {seconds:.3f} s, the minimum is {MIN_SECONDS} s")
     if not np.isfinite(samples).all():

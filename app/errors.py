@@ -15,6 +15,10 @@ from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
 
+# A reason quotes what the client sent (a `lang`, the field names): a 1 MB
+# value must not come back in the body or fill the log line of the request.
+MAX_MESSAGE_CHARS = 300
+
 
 class ConfigError(ValueError):
     """A setting that cannot work; the worker refuses to start."""
@@ -27,6 +31,7 @@ class ASRError(Exception):
     openai_type = "server_error"
 
     def __init__(self, message: str, *, param: str | None = None, retry_after: int | None = None):
+        message = _bounded(message)
         super().__init__(message)
         self.message = message
         self.param = param
@@ -82,6 +87,13 @@ class Overloaded(ASRError):
 
 class DeadlineExceeded(Overloaded):
     """The request could not finish within the per-request deadline."""
+
+
+def _bounded(message: str) -> str:
+    if len(message) <= MAX_MESSAGE_CHARS:
+        return message
+    # Both ends: the start says what was wrong, the end what would be accepted.
+    return f"{message[:200]} ... {message[-(MAX_MESSAGE_CHARS - 205):]}"
 
 
 def _snake_case(name: str) -> str:

@@ -76,12 +76,17 @@ def test_unknown_route_and_method_use_the_error_shape(client):
     assert response.status_code == 405 and "error" in response.get_json()
 
 
-def test_requests_leave_no_temp_files(client, audio_dir):
-    before = set(os.listdir(tempfile.gettempdir()))
+def test_requests_leave_no_temp_files(client, audio_dir, tmp_path, monkeypatch):
+    # A private temp folder: the shared /tmp changes under other processes.
+    private = tmp_path / "tmp"
+    private.mkdir()
+    monkeypatch.setenv("TMPDIR", str(private))
+    monkeypatch.setattr(tempfile, "tempdir", str(private))
     client.post("/asr", data=upload(audio_dir / "jfk.flac"))
     client.post("/asr", data=upload(audio_dir / "edge" / "evil.wav"))
     client.post("/asr", data={"file": (io.BytesIO(b"\x00" * 2_000_000), "big.m4a")})
-    assert set(os.listdir(tempfile.gettempdir())) - before == set()
+    client.post("/asr", data={"file": (io.BytesIO(b"\x00\x00\x00\x18ftypM4A " + b"\x00" * 5000), "x.m4a")})
+    assert os.listdir(private) == []
 
 
 def test_stats_and_metrics_count_requests(client, audio_dir):
