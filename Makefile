@@ -11,7 +11,7 @@ N ?=
 ARGS ?=
 
 .PHONY: setup test run-worker tiny-model serve stop restart status reload \
-        scale monitor logs verify install-system loadtest bench soak fuzz lint
+        rolling-restart scale monitor logs verify install-system loadtest bench soak fuzz lint
 
 # The stamp makes `make setup` cheap when nothing changed, and re-runs pip
 # whenever requirements.txt does.
@@ -44,6 +44,10 @@ status:
 
 reload: setup
 	$(FLEET) reload
+
+# Restart every active instance, one at a time, without dropping a request.
+rolling-restart: setup
+	$(FLEET) rolling-restart
 
 scale: setup
 	@test -n "$(N)" || { echo "usage: make scale N=<instances>" >&2; exit 2; }

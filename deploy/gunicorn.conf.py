@@ -55,3 +55,30 @@ loglevel = _settings.log_level
 # Gunicorn's control socket lives at one path per user ($HOME/.gunicorn), so
 # every worker of a fleet would fight over it. Supervisor is our control.
 control_socket_disable = True
+
+
+
+def post_worker_init(worker):
+    """Ends this worker within 0.2 s of its master's death.
+
+    A master killed with SIGKILL cannot stop its worker. Left alone, the
+    worker notices within a second but keeps the inherited listening socket
+    while it finishes what it holds, outside Supervisor's control and with
+    its log pipe gone; meanwhile the master Supervisor starts in its place
+    cannot bind the port ("Connection in use"), exits, and after startretries
+    such failures the instance is FATAL. Exiting at once frees the port for
+    the new master; Nginx replays the requests this worker held on another
+    instance (a dropped connection is retried; nothing was answered twice),
+    and the decoder process exits when its pipe closes.
+    """
+    import os
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == worker.ppid:
+            time.sleep(0.2)
+        worker.log.warning("master %s is gone: exiting so a new master can bind the port", worker.ppid)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="master-watch", daemon=True).start()

@@ -1,34 +1,25 @@
-"""The fleet description: fleet.toml in, a resolved fleet and rendered configs out.
+"""The fleet description: fleet.toml in, one checked and resolved dict out.
 
 `load()` reads and checks fleet.toml and resolves it into one plain dict (the
-instance pool with ports, devices and weights, every knob with its default),
-saved as run/fleet.json: the poller, the monitor and the CLI all read that
-file, so an edit to fleet.toml takes effect only on `make reload`.
-
-The run-time state (how many instances are active, which ones the poller took
-out of the upstream) lives in run/state.json, changed only under a file lock.
+instance pool with ports, devices, weights and env, every knob with its
+default), saved as run/fleet.json by fleet_render: the poller, the monitor and
+the CLI all read that file, so an edit to fleet.toml takes effect only on
+`make reload`. Run-time state is fleet_state's; rendering is fleet_render's.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import getpass
 import grp
 import json
 import os
-import pwd
 import shutil
 import subprocess
 import sys
-import time
 import tomllib
 from pathlib import Path
 
-import jinja2
-
 REPO = Path(__file__).resolve().parents[1]
-TEMPLATES = REPO / "deploy"
 ENGINES = ("auto", "funasr", "pocketsphinx")
 BALANCING = ("round_robin", "least_conn")
 METRICS = ("in_flight", "queue_depth")
@@ -42,13 +33,15 @@ DEFAULTS: dict[str, dict] = {
         "gpus": "auto", "min_instances": None, "max_instances": None, "balancing": "round_robin",
     },
     "worker": {
-        "max_upload_mb": 100, "request_timeout_s": 300, "graceful_timeout_s": 30, "startsecs": 20,
+        "max_upload_mb": 100, "request_timeout_s": 300, "queue_max_items": 256,
+        "graceful_timeout_s": 30, "startsecs": 20,
         "stopwaitsecs": None, "startretries": 3, "log_maxbytes": "50MB", "log_backups": 5, "env": {},
     },
     "nginx": {
         "worker_processes": "auto", "max_fails": 3, "fail_timeout_s": 10, "next_upstream_tries": 3,
         "connect_timeout_s": 2, "read_timeout_margin_s": 60, "keepalive": 16,
-        "keepalive_timeout_s": 60,
+        "keepalive_timeout_s": 60, "client_body_timeout_s": 60, "rate_limit_per_s": 0,
+        "rate_limit_burst": 20,
     },
     "health": {
         "interval_s": 2.0, "timeout_s": 2.0, "eject_after": 3, "restore_after": 2,
@@ -60,7 +53,10 @@ DEFAULTS: dict[str, dict] = {
     },
     "monitor": {"interval_s": 2.0, "p95_alert_ms": 10000, "error_rate_alert": 0.05, "log_dir": ""},
 }
-INSTANCE_KEYS = {"port", "device", "weight"}
+INSTANCE_KEYS = {"port", "device", "weight", "env"}
+# Knobs that must be positive numbers (rate_limit_per_s: 0 means off).
+POSITIVE = {"worker": ("max_upload_mb", "request_timeout_s", "queue_max_items", "graceful_timeout_s"),
+            "nginx": ("client_body_timeout_s", "rate_limit_burst")}
 
 
 class FleetError(Exception):
@@ -112,7 +108,10 @@ def _pool(raw: dict, top: dict, gpus: int) -> list[dict]:
             unknown = sorted(set(entry) - INSTANCE_KEYS)
             if unknown or "port" not in entry:
                 raise FleetError(f"{where}: needs port; allowed keys are {', '.join(sorted(INSTANCE_KEYS))}")
-            pool.append({"port": entry["port"], "weight": entry.get("weight", 1),
+            env = entry.get("env", {})
+            if not isinstance(env, dict):
+                raise FleetError(f"{where}: env must be a table of VARIABLE = \"value\"")
+            pool.append({"port": entry["port"], "weight": entry.get("weight", 1), "env": env,
                          "device": _device(entry.get("device", "cpu"), gpus, where)})
         return pool
     top_gpus = top["gpus"]
@@ -124,7 +123,7 @@ def _pool(raw: dict, top: dict, gpus: int) -> list[dict]:
     else:
         raise FleetError(f"gpus must be \"auto\" or a list of GPU indexes, not {top_gpus!r}")
     size = top["max_instances"] or top["instances"]
-    return [{"port": top["base_port"] + i, "weight": 1,
+    return [{"port": top["base_port"] + i, "weight": 1, "env": {},
              "device": str(indexes[i % len(indexes)]) if indexes else "cpu"} for i in range(size)]
 
 
@@ -149,6 +148,14 @@ def _check(resolved: dict) -> None:
     if not 1 <= low <= start <= high <= len(pool):
         raise FleetError(f"need 1 <= min_instances ({low}) <= instances ({start}) <= max_instances "
                          f"({high}) <= instances defined ({len(pool)})")
+    for table, keys in POSITIVE.items():
+        for key in keys:
+            value = resolved[table][key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise FleetError(f"{table}.{key} must be a positive number, not {value!r}")
+    rate = resolved["nginx"]["rate_limit_per_s"]
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or rate < 0:
+        raise FleetError(f"nginx.rate_limit_per_s must be 0 (off) or a positive number, not {rate!r}")
     worker = resolved["worker"]
     if worker["stopwaitsecs"] <= worker["graceful_timeout_s"]:
         raise FleetError("worker.stopwaitsecs must exceed worker.graceful_timeout_s: Supervisor "
@@ -228,117 +235,3 @@ def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
     tmp.write_text(text)
     tmp.chmod(mode)
     os.replace(tmp, path)
-
-
-# --- state -----------------------------------------------------------------
-
-@contextlib.contextmanager
-def locked(run_dir: Path, name: str = "state", *, blocking: bool = True, timeout: float = 600):
-    """Holds run/<name>.lock; yields False at once when not blocking and busy."""
-    handle = open(run_dir / f"{name}.lock", "w")
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if not blocking:
-                    yield False
-                    return
-                if time.monotonic() > deadline:
-                    raise FleetError(f"{name}.lock still held after {timeout:.0f} s") from None
-                time.sleep(0.1)
-        yield True
-    finally:
-        handle.close()
-
-
-def read_state(run_dir: Path, resolved: dict) -> dict:
-    try:
-        state = json.loads((run_dir / "state.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        state = {}
-    state.setdefault("size", resolved["initial_instances"])
-    state.setdefault("ejected", {})
-    state.setdefault("maintenance", [])
-    state.setdefault("last_scale_at", 0.0)
-    state["size"] = max(resolved["min_instances"], min(state["size"], resolved["max_instances"]))
-    return state
-
-
-def write_state(run_dir: Path, state: dict) -> None:
-    write_atomic(run_dir / "state.json", json.dumps(state, indent=1, sort_keys=True) + "\n")
-
-
-def upstream_members(resolved: dict, state: dict) -> list[dict]:
-    """Active instances with whether Nginx should treat them as down."""
-    active = resolved["instances"][:state["size"]]
-    held = set(state.get("maintenance", []))
-    out = [{**inst, "down": inst["name"] in state["ejected"] or inst["name"] in held,
-            "reason": state["ejected"].get(inst["name"], "maintenance")} for inst in active]
-    if all(member["down"] for member in out):
-        # An upstream of only `down` servers answers 502 to everyone; trying
-        # the sick instances is never worse than that.
-        for member in out:
-            member["down"] = False
-            member["reason"] += " (kept: every instance is out)"
-    return out
-
-
-# --- rendering -------------------------------------------------------------
-
-def _env() -> jinja2.Environment:
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=False,
-                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
-                              keep_trailing_newline=True)
-
-
-def supervisor_env(resolved: dict, inst: dict) -> str:
-    """The `environment=` value for one instance (Supervisor quoting, % doubled)."""
-    worker = resolved["worker"]
-    env = {
-        "ASR_HOST": "127.0.0.1", "ASR_PORT": inst["port"], "ASR_INSTANCE_NAME": inst["name"],
-        "ASR_ENGINE": resolved["engine"], "ASR_MODEL": resolved["model"],
-        "CUDA_VISIBLE_DEVICES": inst["cuda_visible_devices"],
-        "ASR_MAX_UPLOAD_MB": worker["max_upload_mb"], "ASR_REQUEST_TIMEOUT": worker["request_timeout_s"],
-        "PYTHONUNBUFFERED": "1",
-    }
-    if resolved["model_cache"]:
-        env["ASR_MODEL_CACHE"] = resolved["model_cache"]
-    if resolved["mode"] == "system":
-        env["PATH"] = f"{resolved['bin_dir']}:/usr/local/bin:/usr/bin:/bin"
-        env["HOME"] = pwd.getpwnam(resolved["user"]).pw_dir
-    env.update(worker["env"])
-    quoted = (f'{key}="{str(value).replace("%", "%%").replace(chr(34), "")}"' for key, value in env.items())
-    return ",".join(quoted)
-
-
-def render_text(template: str, resolved: dict, state: dict) -> str:
-    env = _env()
-    env.globals["supervisor_env"] = supervisor_env
-    return env.get_template(template).render(
-        fleet=resolved, state=state, members=upstream_members(resolved, state),
-        active_names=[inst["name"] for inst in resolved["instances"][:state["size"]]])
-
-
-def render_upstream(resolved: dict, state: dict) -> None:
-    run_dir = Path(resolved["run_dir"])
-    write_atomic(run_dir / "upstream.conf", render_text("nginx/upstream.conf.j2", resolved, state))
-
-
-def render_all(resolved: dict, state: dict) -> list[Path]:
-    """Writes fleet.json, upstream.conf and the nginx and supervisor configs."""
-    run_dir = Path(resolved["run_dir"])
-    for folder in (run_dir, run_dir / "logs", run_dir / "tmp"):
-        folder.mkdir(parents=True, exist_ok=True)
-    run_dir.chmod(0o700)
-    written = [run_dir / "fleet.json", run_dir / "upstream.conf"]
-    write_atomic(written[0], json.dumps(resolved, indent=1) + "\n")
-    render_upstream(resolved, state)
-    if resolved["mode"] == "local":
-        pairs = {"nginx/nginx.conf.j2": "nginx.conf", "supervisor/supervisord.conf.j2": "supervisord.conf"}
-        for template, name in pairs.items():
-            write_atomic(run_dir / name, render_text(template, resolved, state))
-            written.append(run_dir / name)
-    return written

@@ -7,8 +7,8 @@ One table per snapshot: every instance's port, device, Supervisor state,
 health, queue, requests, errors, p95 latency and real-time factor (from its
 /health and /stats), GPUs from nvidia-smi when present, host load and memory,
 fleet totals. --json appends each snapshot as a JSON line under the log
-folder. Alerts (an active instance down, error rate or p95 over the fleet
-file's thresholds) are printed and appended to <run>/logs/alerts.log.
+folder. Alerts (an active instance down, any instance FATAL in Supervisor,
+error rate or p95 over the fleet file's thresholds) are printed and appended to <run>/logs/alerts.log.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fleet_config as fc  # noqa: E402
-import fleet_ops as ops  # noqa: E402
+import fleet_state as fs  # noqa: E402
+from fleet_supervisor import Supervisor  # noqa: E402
 
 # Requests an instance must have served before its error rate can alert.
 MIN_REQUESTS_FOR_RATE = 20
@@ -69,8 +70,8 @@ def gpus() -> list[dict]:
 def snapshot(run_dir: Path) -> dict:
     """Everything the table shows, as one JSON-able dict."""
     resolved = fc.read_resolved(run_dir)
-    state = fc.read_state(run_dir, resolved)
-    sup = ops.Supervisor(resolved)
+    state = fs.read_state(run_dir, resolved)
+    sup = Supervisor(resolved)
     try:
         sup_states = {n: i["statename"] for n, i in sup.states().items()}
         running = True
@@ -100,7 +101,7 @@ def snapshot(run_dir: Path) -> dict:
     errors = sum(i["errors"] or 0 for i in instances)
     p95s = [i["p95_ms"] for i in active if i["p95_ms"] is not None]
     return {
-        "time": ops.now_iso(), "supervisord": running,
+        "time": fs.now_iso(), "supervisord": running,
         "front": f"http://{resolved['front_host']}:{resolved['front_port']}", "instances": instances,
         "gpus": gpus(),
         "host": {"load": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count(),
@@ -121,6 +122,11 @@ def alerts(snap: dict) -> list[str]:
     limits = snap["thresholds"]
     out = [] if snap["supervisord"] else ["supervisord is not running: the fleet is down"]
     for inst in snap["instances"]:
+        if inst["supervisor"] == "FATAL":
+            # Active or spare: an instance Supervisor gave up on cannot serve or scale.
+            out.append(f"{inst['name']} is FATAL in Supervisor: it cannot start "
+                       f"(see logs/{inst['name']}.log)")
+            continue
         if inst["role"] == "spare":
             continue
         if inst["health"] != "ok":

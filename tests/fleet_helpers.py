@@ -1,159 +1,21 @@
-"""A real fleet for tests: its own run folder and free ports, so it never
-collides with a `make serve` fleet; driven through scripts/fleet.py."""
+"""Traffic for fleet tests: one-off requests, streams of them, and the
+request-ID ledger that proves nothing was lost or done twice. The fleet
+itself is tests/fleet_harness.py (re-exported here)."""
 
 from __future__ import annotations
 
+import collections
+import itertools
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
+import re
 import threading
 import time
+import uuid
 from pathlib import Path
 
-import psutil
 import requests
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_AUDIO = Path(__file__).resolve().parents[2] / "shared" / "audio"
-CLIP = SHARED_AUDIO / "cards001.wav"
-sys.path.insert(0, str(REPO / "scripts"))
-
-
-def free_ports(count: int) -> list[int]:
-    """Distinct free loopback ports (all bound at once, then released)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.25):
-    """Polls until predicate() is truthy; fails the test with `what` if not."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-class Fleet:
-    def __init__(self, root: Path, weights: list[int], active: int, max_upload_mb: float = 1):
-        self.root = root
-        self.run_dir = root / "run"
-        self.config = root / "fleet.toml"
-        ports = free_ports(len(weights) + 1)
-        self.front_port, self.ports = ports[0], ports[1:]
-        self.url = f"http://127.0.0.1:{self.front_port}"
-        self.names = [f"asr-{port}" for port in self.ports]
-        self.weights = dict(zip(self.names, weights))
-        instances = "".join(f"\n[[instance]]\nport = {port}\ndevice = \"cpu\"\nweight = {weight}\n"
-                            for port, weight in zip(self.ports, weights))
-        self.base_config = f"""
-front_port = {self.front_port}
-engine = "pocketsphinx"
-instances = {active}
-min_instances = 2
-max_instances = {len(weights)}
-{instances}
-[worker]
-max_upload_mb = {max_upload_mb}
-request_timeout_s = 60
-startsecs = 2
-[health]
-interval_s = 0.5
-timeout_s = 2
-eject_after = 3
-restore_after = 2
-restart_after = 6
-max_load_s = 120
-[scaling]
-enabled = false
-drain_timeout_s = 60
-"""
-        self.write_config()
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("FLEET_", "ASR_"))}
-
-    def write_config(self, extra: str = "") -> None:
-        self.config.write_text(self.base_config + extra)
-
-    def cli(self, *args: str, timeout: float = 240, check: bool = True) -> subprocess.CompletedProcess:
-        result = subprocess.run(
-            [sys.executable, str(REPO / "scripts" / "fleet.py"), "--config", str(self.config),
-             "--run-dir", str(self.run_dir), *args],
-            cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout)
-        if check:
-            assert result.returncode == 0, f"fleet.py {' '.join(args)}: {result.stdout}\n{result.stderr}"
-        return result
-
-    def status(self) -> dict:
-        return requests.get(self.url + "/fleet", timeout=5).json()
-
-    def instance(self, name: str) -> dict:
-        return next(i for i in self.status()["instances"] if i["name"] == name)
-
-    def events(self) -> str:
-        path = self.run_dir / "logs" / "fleet-events.log"
-        return path.read_text() if path.exists() else ""
-
-    def pid(self, name: str) -> int:
-        out = subprocess.run([str(Path(sys.executable).parent / "supervisorctl"), "-c",
-                              str(self.run_dir / "supervisord.conf"), "pid", name],
-                             capture_output=True, text=True).stdout.strip()
-        return int(out) if out.isdigit() else 0
-
-    def signal_instance(self, name: str, sig: int) -> int:
-        """Signals the instance's whole process group (Gunicorn master and worker)."""
-        pid = self.pid(name)
-        assert pid, f"{name} has no pid"
-        os.killpg(os.getpgid(pid), sig)
-        return pid
-
-    def settled(self, size: int | None = None) -> bool:
-        """Every active instance healthy and in the upstream, nothing in maintenance."""
-        try:
-            status = self.status()
-        except (OSError, ValueError):
-            return False
-        active = [i for i in status["instances"] if i["active"]]
-        return ((size is None or status["size"] == size) and
-                all(i["state"] == "ok" and i["in_upstream"] for i in active))
-
-    def wait_settled(self, size: int | None = None, timeout: float = 60) -> None:
-        wait_for(lambda: self.settled(size), timeout, f"the fleet to settle at size {size}")
-
-    def start(self) -> None:
-        result = self.cli("serve", "--no-setup", "--timeout", "120", check=False, timeout=200)
-        if result.returncode != 0:
-            logs = "\n".join(f"--- {p.name}\n{p.read_text()[-1500:]}"
-                             for p in sorted((self.run_dir / "logs").glob("*.log")))
-            self.stop()
-            raise AssertionError(f"fleet did not start:\n{result.stdout}\n{result.stderr}\n{logs}")
-
-    def stop(self) -> None:
-        try:
-            self.cli("stop", timeout=180, check=False)
-        finally:
-            # Whatever survived (a failed stop): kill supervisord and its tree.
-            pid_file = self.run_dir / "supervisord.pid"
-            if pid_file.exists():
-                try:
-                    parent = psutil.Process(int(pid_file.read_text()))
-                    for proc in parent.children(recursive=True) + [parent]:
-                        proc.send_signal(signal.SIGCONT)
-                        proc.kill()
-                except (psutil.Error, ValueError):
-                    pass
+from fleet_harness import CLIP, CLIPS, REPO, SHARED_AUDIO, Fleet, free_ports, wait_for  # noqa: F401
 
 
 def post_clip(url: str, timeout: float = 120, **headers) -> tuple[object, str | None]:
@@ -167,27 +29,124 @@ def post_clip(url: str, timeout: float = 120, **headers) -> tuple[object, str | 
         return f"{type(error).__name__}: {error}"[:200], None
 
 
+class Ledger:
+    """Nothing lost, nothing done twice: every request carries a unique
+    X-Request-ID and gets exactly one outcome; `check` proves each is a 200
+    with a transcript or an explicit refusal (413/422/429/503 with
+    Retry-After), none is missing, and no worker logged a 200 for an ID
+    another worker also logged (`POST /asr 200 ... id=<ID>`: duplicated work)."""
+
+    ALLOWED = frozenset({200, 413, 422, 429, 503})
+    WORKER_LINE = re.compile(r"POST /asr (\d{3}) [\d.]+s id=(\S+)")
+
+    def __init__(self, prefix: str = "req"):
+        self.prefix = f"{prefix}-{uuid.uuid4().hex[:6]}"
+        self.issued: list[str] = []
+        self.outcomes: dict[str, dict] = {}
+        self._lock = threading.Lock()
+        self._numbers = itertools.count(1)
+
+    def post(self, url: str, clip: Path = CLIP, timeout: float = 120) -> dict:
+        with self._lock:
+            rid = f"{self.prefix}-{next(self._numbers)}"
+            self.issued.append(rid)
+        outcome: dict = {"id": rid, "status": None, "started": time.monotonic()}
+        try:
+            with clip.open("rb") as handle:
+                response = requests.post(url + "/asr", files={"file": (clip.name, handle)}, timeout=timeout,
+                                         headers={"X-Request-ID": rid})
+            outcome.update(status=response.status_code, worker=response.headers.get("X-ASR-Worker"),
+                           retry_after=response.headers.get("Retry-After"),
+                           echoed=response.headers.get("X-Request-ID"))
+            try:
+                body = response.json()
+            except ValueError:
+                body = {}
+            outcome.update(code=body.get("code"), text=body.get("text"), msg=body.get("msg"))
+        except requests.RequestException as error:
+            outcome["error"] = f"{type(error).__name__}: {error}"[:300]
+        outcome["seconds"] = time.monotonic() - outcome["started"]
+        with self._lock:
+            assert rid not in self.outcomes, f"{rid} recorded twice"
+            self.outcomes[rid] = outcome
+        return outcome
+
+    def statuses(self) -> collections.Counter:
+        return collections.Counter(o["status"] for o in self.outcomes.values())
+
+    def worker_logs(self, run_dir: Path) -> dict[str, list[tuple[str, int]]]:
+        """ID -> [(instance, status)] from every instance's log (rotated ones too)."""
+        seen: dict[str, list[tuple[str, int]]] = collections.defaultdict(list)
+        for path in (run_dir / "logs").glob("asr-*.log*"):
+            for match in self.WORKER_LINE.finditer(path.read_text(errors="replace")):
+                if match.group(2).startswith(self.prefix):
+                    seen[match.group(2)].append((path.name.split(".log")[0], int(match.group(1))))
+        return seen
+
+    def problems(self, run_dir: Path, allowed=ALLOWED) -> list[str]:
+        out = [f"{rid}: no outcome" for rid in self.issued if rid not in self.outcomes]
+        answered = {rid: o for rid, o in self.outcomes.items() if o["status"] == 200}
+        # Supervisor copies worker output to the log files asynchronously.
+        deadline = time.monotonic() + 20
+        logs = self.worker_logs(run_dir)
+        while time.monotonic() < deadline and any(
+                not any(s == 200 for _, s in logs.get(rid, [])) for rid in answered):
+            time.sleep(0.5)
+            logs = self.worker_logs(run_dir)
+        for rid, o in self.outcomes.items():
+            status, what = o["status"], f"{rid} ({o.get('worker')}, {o['seconds']:.1f} s)"
+            if status is None:
+                out.append(f"{what}: no answer: {o['error']}")
+            elif status not in allowed:
+                out.append(f"{what}: unexplained {status}: {o.get('msg')}")
+            elif o["echoed"] != rid:
+                out.append(f"{what}: X-Request-ID came back as {o['echoed']!r}")
+            elif status == 200 and (o["code"] != 0 or o["text"] is None):
+                out.append(f"{what}: 200 without a transcript: {o.get('msg')}")
+            elif status in (429, 503) and not o["retry_after"]:
+                out.append(f"{what}: {status} without Retry-After: {o.get('msg')}")
+            done = [instance for instance, logged in logs.get(rid, []) if logged == 200]
+            if len(done) > 1:
+                out.append(f"{what}: transcribed twice, by {done}")
+            elif status == 200 and done != [o["worker"]]:
+                out.append(f"{what}: answered by {o['worker']} but worker logs show 200 from {done}")
+        return out
+
+    def check(self, run_dir: Path, allowed=ALLOWED) -> collections.Counter:
+        problems = self.problems(run_dir, allowed)
+        assert not problems, (f"{len(problems)} problem(s) in {len(self.issued)} requests "
+                              f"{dict(self.statuses())}:\n" + "\n".join(problems[:20]))
+        return self.statuses()
+
+
 class Stream:
     """Transcription requests from `concurrency` threads until stopped (and at
-    least `minimum` sent, at most `maximum`)."""
+    least `minimum` sent, at most `maximum`); through `ledger` when given,
+    cycling over `clips`."""
 
-    def __init__(self, url: str, concurrency: int = 3, minimum: int = 0, maximum: int = 10_000):
+    def __init__(self, url: str, concurrency: int = 3, minimum: int = 0, maximum: int = 10_000,
+                 ledger: Ledger | None = None, clips: list[Path] | None = None):
         self.url, self.minimum, self.maximum = url, minimum, maximum
+        self.ledger, self.clips = ledger, itertools.cycle(clips or [CLIP])
         self.results: list[tuple[object, str | None]] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(concurrency)]
 
-    def _take(self) -> bool:
+    def _take(self) -> Path | None:
         with self._lock:
             if self._sent >= self.maximum or (self._stop.is_set() and self._sent >= self.minimum):
-                return False
+                return None
             self._sent += 1
-            return True
+            return next(self.clips)
 
     def _run(self) -> None:
-        while self._take():
-            result = post_clip(self.url)
+        while clip := self._take():
+            if self.ledger is None:
+                result = post_clip(self.url)
+            else:
+                outcome = self.ledger.post(self.url, clip)
+                result = (outcome["status"] or outcome["error"], outcome.get("worker"))
             with self._lock:
                 self.results.append(result)
 

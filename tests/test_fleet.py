@@ -20,7 +20,9 @@ import requests
 from fleet_helpers import CLIP, REPO, Fleet, Stream, post_clip, wait_for  # also puts scripts/ on sys.path
 
 import fleet_config as fc  # noqa: E402  (scripts/)
-import fleet_ops as ops  # noqa: E402
+import fleet_render as render  # noqa: E402
+import fleet_state as fs  # noqa: E402
+from fleet_autoscale import Autoscaler  # noqa: E402
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
@@ -68,8 +70,8 @@ def test_bad_fleet_files_are_refused_with_a_reason(tmp_path, text, words):
 
 def _render(tmp_path: Path, text: str, state: dict | None = None) -> tuple[dict, dict]:
     resolved = resolve(tmp_path, text)
-    state = {**fc.read_state(tmp_path / "run", resolved), **(state or {})}
-    fc.render_all(resolved, state)
+    state = {**fs.read_state(tmp_path / "run", resolved), **(state or {})}
+    render.render_all(resolved, state)
     return resolved, state
 
 
@@ -90,7 +92,8 @@ def test_rendered_configs_weights_spares_and_supervisor_socket(tmp_path):
     program = dict(supervisord.items("program:asr-9002"))
     assert 'ASR_PORT="9002"' in program["environment"] and 'CUDA_VISIBLE_DEVICES=""' in program["environment"]
     assert int(program["stopwaitsecs"]) > 30 and program["stopasgroup"] == "true"
-    assert "gunicorn -c deploy/gunicorn.conf.py 'app:create_app()'" in program["command"]
+    command = "gunicorn -c deploy/gunicorn.conf.py --graceful-timeout 30 'app:create_app()'"
+    assert command in program["command"]
     assert {"program:nginx", "program:health-poller"} <= set(supervisord.sections())
     nginx = (run / "nginx.conf").read_text()
     assert "daemon off;" in nginx and "proxy_next_upstream error http_503 non_idempotent;" in nginx
@@ -126,14 +129,14 @@ def test_install_system_renders_conf_d_files(tmp_path):
 
 def test_autoscaler_marks_duration_cooldown_and_bounds():
     knobs = {"high_mark": 4, "low_mark": 0.5, "high_for_s": 10, "low_for_s": 20, "cooldown_s": 30}
-    scaler = ops.Autoscaler(knobs)
+    scaler = Autoscaler(knobs)
     assert scaler.observe(100, 6, 3, 2, 4, 0) is None  # high, but not for long yet
     assert scaler.observe(105, 2, 3, 2, 4, 0) is None  # back in range: the clock restarts
     assert scaler.observe(106, 6, 3, 2, 4, 0) is None
     assert scaler.observe(116, 6, 3, 2, 4, 0) == "up"
     assert scaler.observe(130, 6, 4, 2, 4, 116) is None  # cooldown
     assert scaler.observe(200, 6, 4, 2, 4, 116) is None  # at max_instances
-    scaler = ops.Autoscaler(knobs)
+    scaler = Autoscaler(knobs)
     assert scaler.observe(300, 0, 3, 2, 4, 0) is None
     assert scaler.observe(320, 0, 3, 2, 4, 0) == "down"
     assert scaler.observe(400, 0, 2, 2, 4, 0) is None  # never below min_instances
@@ -244,7 +247,7 @@ def test_scaling_up_and_down_during_a_stream_loses_nothing(settled):
 def test_reload_during_a_stream_loses_nothing(settled):
     pids = {name: settled.pid(name) for name in settled.names[:3]}
     # A changed worker setting restarts every instance, one at a time.
-    settled.write_config('[worker.env]\nASR_LOG_LEVEL = "warning"\n')
+    settled.write_config(tables={"worker": {"env": {"ASR_LOG_LEVEL": "warning"}}})
     try:
         with Stream(settled.url, concurrency=3, minimum=20) as stream:
             stream.wait_done(5)

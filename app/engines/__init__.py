@@ -30,12 +30,11 @@ def load_engine(settings: Settings) -> Engine:
         return _load_pocketsphinx()
     from app.engines import funasr_engine
 
-    device = funasr_engine.pick_device(settings.cuda_visible_devices)
     if settings.engine == "funasr":
-        return _load_funasr(settings.model, device, settings.model_cache_dir)
+        return _load_funasr(settings.model, _device(settings), settings.model_cache_dir)
     available, reason = funasr_engine.model_is_available(settings.model, settings.model_cache_dir)
     if available:
-        return _load_funasr(settings.model, device, settings.model_cache_dir)
+        return _load_funasr(settings.model, _device(settings), settings.model_cache_dir)
     log.warning(
         "!!! ASR_ENGINE=auto: FunASR model %s is not available (%s); "
         "serving the EMBEDDED pocketsphinx engine instead. Every response "
@@ -43,6 +42,20 @@ def load_engine(settings: Settings) -> Engine:
         settings.model, reason,
     )
     return _load_pocketsphinx()
+
+
+def _device(settings: Settings) -> str:
+    """The torch device for FunASR. A worker pinned to a GPU (CUDA_VISIBLE_DEVICES
+    names one) that torch cannot use is a ConfigError, not a silent CPU run:
+    the fleet placed it there, and on the CPU it would be many times slower
+    while /fleet still showed the GPU."""
+    from app.engines import funasr_engine
+
+    device = funasr_engine.pick_device(settings.cuda_visible_devices)
+    if settings.uses_gpu and device == "cpu":
+        raise ConfigError(f"CUDA_VISIBLE_DEVICES={settings.cuda_visible_devices!r} names a GPU but torch "
+                          "can use none (no such GPU, no driver, or a CPU-only torch build)")
+    return device
 
 
 def _load_pocketsphinx() -> Engine:

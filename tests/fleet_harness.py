@@ -1,0 +1,211 @@
+"""A real fleet for tests: its own fleet file, run folder and free ports, so
+it never collides with a `make serve` fleet; driven through scripts/fleet.py.
+Also what the tests inspect of it: its processes and their listening sockets."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_AUDIO = Path(__file__).resolve().parents[2] / "shared" / "audio"
+CLIP = SHARED_AUDIO / "cards001.wav"
+CLIPS = [SHARED_AUDIO / f"cards00{n}.wav" for n in range(1, 6)]
+sys.path.insert(0, str(REPO / "scripts"))
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct free loopback ports (all bound at once, then released)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def merge(*dicts: dict) -> dict:
+    """Deep merge, later dicts winning."""
+    out: dict = {}
+    for d in dicts:
+        for k, v in d.items():
+            out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.25):
+    """Polls until predicate() is truthy; fails the test with `what` if not."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+# The test fleets' fleet file, as tables (merged with each fleet's changes).
+BASE_TABLES = {
+    "worker": {"max_upload_mb": 1, "request_timeout_s": 60, "startsecs": 2},
+    "health": {"interval_s": 0.5, "timeout_s": 2, "eject_after": 3, "restore_after": 2, "restart_after": 6,
+               "max_load_s": 120},
+    "scaling": {"enabled": False, "drain_timeout_s": 60},
+}
+
+
+def toml_text(top: dict, instances: list[dict], tables: dict) -> str:
+    """A fleet file from plain dicts (values: str, bool, int, float, dict)."""
+    def value(v) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + "}"
+        return json.dumps(v)
+    lines = [f"{k} = {value(v)}" for k, v in top.items()]
+    for inst in instances:
+        lines += ["", "[[instance]]"] + [f"{k} = {value(v)}" for k, v in inst.items()]
+    for name, table in tables.items():
+        plain = {k: v for k, v in table.items() if not isinstance(v, dict)}
+        lines += ["", f"[{name}]"] + [f"{k} = {value(v)}" for k, v in plain.items()]
+        for sub, inner in ((k, v) for k, v in table.items() if isinstance(v, dict)):
+            lines += [f"[{name}.{sub}]"] + [f"{k} = {value(v)}" for k, v in inner.items()]
+    return "\n".join(lines) + "\n"
+
+
+class Fleet:
+    def __init__(self, root: Path, weights: list[int], active: int, max_upload_mb: float = 1,
+                 tables: dict | None = None, instance_env: dict[int, dict] | None = None,
+                 min_instances: int = 2):
+        self.root = root
+        self.run_dir = root / "run"
+        self.config = root / "fleet.toml"
+        ports = free_ports(len(weights) + 1)
+        self.front_port, self.ports = ports[0], ports[1:]
+        self.url = f"http://127.0.0.1:{self.front_port}"
+        self.names = [f"asr-{port}" for port in self.ports]
+        self.weights = dict(zip(self.names, weights))
+        self.top = {"front_port": self.front_port, "engine": "pocketsphinx", "instances": active,
+                    "min_instances": min_instances, "max_instances": len(weights)}
+        self.instances = [{"port": port, "device": "cpu", "weight": weight}
+                          for port, weight in zip(self.ports, weights)]
+        for index, env in (instance_env or {}).items():
+            self.instances[index]["env"] = env
+        self.tables = merge(BASE_TABLES, {"worker": {"max_upload_mb": max_upload_mb}}, tables or {})
+        self.write_config()
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("FLEET_", "ASR_"))}
+
+    def write_config(self, extra: str = "", tables: dict | None = None) -> None:
+        """The fleet file: the fleet's tables with `tables` merged in, then `extra` text."""
+        text = toml_text(self.top, self.instances, merge(self.tables, tables or {}))
+        self.config.write_text(text + extra)
+
+    def cli(self, *args: str, timeout: float = 240, check: bool = True) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            [sys.executable, str(REPO / "scripts" / "fleet.py"), "--config", str(self.config),
+             "--run-dir", str(self.run_dir), *args],
+            cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout)
+        if check:
+            assert result.returncode == 0, f"fleet.py {' '.join(args)}: {result.stdout}\n{result.stderr}"
+        return result
+
+    def status(self) -> dict:
+        return requests.get(self.url + "/fleet", timeout=5).json()
+
+    def instance(self, name: str) -> dict:
+        return next(i for i in self.status()["instances"] if i["name"] == name)
+
+    def events(self) -> str:
+        path = self.run_dir / "logs" / "fleet-events.log"
+        return path.read_text() if path.exists() else ""
+
+    def pid(self, name: str) -> int:
+        out = subprocess.run([str(Path(sys.executable).parent / "supervisorctl"), "-c",
+                              str(self.run_dir / "supervisord.conf"), "pid", name],
+                             capture_output=True, text=True).stdout.strip()
+        return int(out) if out.isdigit() else 0
+
+    def signal_instance(self, name: str, sig: int) -> int:
+        """Signals the instance's whole process group (Gunicorn master and worker)."""
+        pid = self.pid(name)
+        assert pid, f"{name} has no pid"
+        os.killpg(os.getpgid(pid), sig)
+        return pid
+
+    def settled(self, size: int | None = None) -> bool:
+        """Every active instance healthy and in the upstream, nothing in maintenance."""
+        try:
+            status = self.status()
+        except (OSError, ValueError):
+            return False
+        active = [i for i in status["instances"] if i["active"]]
+        return ((size is None or status["size"] == size) and
+                all(i["state"] == "ok" and i["in_upstream"] for i in active))
+
+    def wait_settled(self, size: int | None = None, timeout: float = 60) -> None:
+        wait_for(lambda: self.settled(size), timeout, f"the fleet to settle at size {size}")
+
+    def start(self) -> None:
+        result = self.cli("serve", "--no-setup", "--timeout", "120", check=False, timeout=200)
+        if result.returncode != 0:
+            logs = "\n".join(f"--- {p.name}\n{p.read_text()[-1500:]}"
+                             for p in sorted((self.run_dir / "logs").glob("*.log")))
+            self.stop()
+            raise AssertionError(f"fleet did not start:\n{result.stdout}\n{result.stderr}\n{logs}")
+
+    def stop(self) -> None:
+        try:
+            self.cli("stop", timeout=180, check=False)
+        finally:
+            # Whatever survived (a failed stop): kill supervisord and its tree.
+            pid_file = self.run_dir / "supervisord.pid"
+            if pid_file.exists():
+                try:
+                    parent = psutil.Process(int(pid_file.read_text()))
+                    for proc in parent.children(recursive=True) + [parent]:
+                        proc.send_signal(signal.SIGCONT)
+                        proc.kill()
+                except (psutil.Error, ValueError):
+                    pass
+
+
+def fleet_processes(run_dir: Path) -> list[psutil.Process]:
+    """supervisord and everything under it."""
+    parent = psutil.Process(int((run_dir / "supervisord.pid").read_text()))
+    return [parent] + parent.children(recursive=True)
+
+
+def instance_processes(port: int) -> list[psutil.Process]:
+    """Every process of this user whose environment says it serves `port`
+    (Gunicorn master and worker, the decoder process, its resource tracker),
+    wherever it hangs in the process tree."""
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if proc.environ().get("ASR_PORT") == str(port):
+                found.append(proc)
+        except psutil.Error:
+            pass
+    return found
+
+
+def listeners() -> dict[int, set[tuple[str, int]]]:
+    """Listening TCP sockets: port -> {(address, pid)}."""
+    out: dict[int, set[tuple[str, int]]] = {}
+    for conn in psutil.net_connections("tcp"):
+        if conn.status == psutil.CONN_LISTEN:
+            out.setdefault(conn.laddr.port, set()).add((conn.laddr.ip, conn.pid))
+    return out
+
