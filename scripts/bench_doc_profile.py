@@ -42,7 +42,12 @@ def findings(r: dict) -> str:
     mean = steps.get("mean_per_request", {})
     jfk = next((x for x in steps.get("rows", []) if x["file"] == "jfk.flac"), None)
     workers = {w["engine"]: w for w in r.get("workers", [])}
-    lines = ["### Findings and suggested fixes (app/ not changed here: for the lead)\n"]
+    lines = ["### Findings\n",
+             "Two fixes came from the first profile (2026-11-24, before/after in git history of this "
+             "file): the stereo downmix now sums channel columns (7.8 ms to 0.34 ms on jfk.flac), and "
+             "`app/vad.py` keeps two Silero copies instead of one model behind a lock (waiting for VAD: "
+             "38 ms to 0 ms per request on pocketsphinx, 404 ms to 88 ms on FunASR tiny; requests finished by the FunASR tiny worker "
+             "in the 12 s profile window: 101 to 150 on-CPU, 80 to 174 all-threads).\n"]
     vad_share = {}
     for name, w in workers.items():
         engine, vad = _part(w, "engine"), _part(w, "VAD")
@@ -56,22 +61,18 @@ def findings(r: dict) -> str:
     if steps:
         lines.append(
             f"- **VAD is the largest cost besides the model** ({steps['vad_ms_per_audio_s']} ms per audio "
-            f"second, {mean.get('vad_ms')} ms per request on the mix), and `app/vad.py` runs it under one "
-            "process-wide lock while Silero's Python loop calls the model once per 32 ms window. It must "
-            "stay on the path (it makes the segments), but it could be cheaper: try "
-            "`load_silero_vad(onnx=True)` (needs `onnxruntime`, not installed here, so unmeasured) and "
-            "compare with `--only profile`; and keep the "
-            "lock (the model is stateful) but keep a small pool of Segmenters (one per core; a Silero model "
-            "is ~2 MB) once VAD becomes the bottleneck, as it does with a fast engine"
+            f"second, {mean.get('vad_ms')} ms per request on the mix): "
+            "Silero's Python loop calls the model once per 32 ms window. It must stay on the path (it makes "
+            "the segments), but it could be cheaper still: try `load_silero_vad(onnx=True)` (needs "
+            "`onnxruntime`, not installed here, so unmeasured) and compare with `--only profile`. It "
+            "dominates with a fast engine"
             + (f" (FunASR tiny: VAD is {vad_share['funasr-tiny'] * 100:.0f}% of that worker's CPU)."
                if "funasr-tiny" in vad_share else ", e.g. on a GPU."))
     if jfk:
         lines.append(
-            f"- **Stereo downmix**: `frames.mean(axis=1, dtype=np.float32)` in "
-            f"`app/audio.py:_decode_with_soundfile` takes {jfk['downmix_ms']} ms of the "
-            f"{jfk['decode_ms']} ms decode of the 11 s 44.1 kHz stereo FLAC; summing the channel columns "
-            f"(`mono = frames[:, 0].copy(); mono += frames[:, 1]; mono *= 0.5`) takes "
-            f"{jfk['downmix_by_channel_ms']} ms for the same result. Worth the three lines.")
+            f"- **Stereo downmix** (fixed): `frames.mean(axis=1)` takes {jfk['downmix_ms']} ms of the "
+            f"{jfk['decode_ms']} ms decode of the 11 s 44.1 kHz stereo FLAC; summing the channel columns, "
+            f"as `app/audio.py:_downmix` now does, takes {jfk['downmix_by_channel_ms']} ms.")
         lines.append(
             f"- **Resampling** (soxr HQ, {jfk['resample_ms']} ms for that file), the **finiteness checks** "
             f"({mean.get('finite_checks_ms')} ms; `_resample` and `_checked` both run `np.isfinite` on "

@@ -87,11 +87,12 @@ def _top(stacks: collections.Counter, count: int = 8) -> list[tuple[str, int]]:
 
 
 def _vad_lock_wait(stacks: collections.Counter) -> int:
-    """Samples whose innermost frame is the `with self._lock` line of Segmenter.split."""
+    """Samples spent waiting for a free VAD model: stacks that pass through the
+    `self._models.get()` line of Segmenter.split (the wait is inside queue.get)."""
     lines = (REPO / "app" / "vad.py").read_text().splitlines()
-    lock_line = next(i + 1 for i, text in enumerate(lines) if "with self._lock" in text)
-    leaf = f"Segmenter.split (app/vad.py:{lock_line})"
-    return sum(n for stack, n in stacks.items() if stack.split(";")[-1].strip() == leaf)
+    wait_line = next(i + 1 for i, text in enumerate(lines) if "self._models.get()" in text)
+    frame = f"Segmenter.split (app/vad.py:{wait_line})"
+    return sum(n for stack, n in stacks.items() if frame in (f.strip() for f in stack.split(";")))
 
 
 def profile_worker(lab: Lab, name: str, env: dict, seconds: float, concurrency: int) -> dict:
