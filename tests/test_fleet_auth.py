@@ -48,4 +48,6 @@ def test_requests_without_a_valid_key_get_401_through_nginx(keyed_fleet):
 def test_a_valid_key_is_served_and_health_stays_open(keyed_fleet):
     response = post(keyed_fleet.url, Authorization="Bearer fleet-key-1")
     assert response.status_code == 200 and response.json()["text"]
-    assert keyed_fleet.status()["healthy"] == 1  # the poller reads /health without a key
+    # The poller reads /health without a key: the instance settles as healthy.
+    keyed_fleet.wait_settled(1)
+    assert keyed_fleet.status()["healthy"] == 1
