@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,19 +21,7 @@ CLIP = SHARED_AUDIO / "cards001.wav"
 CLIPS = [SHARED_AUDIO / f"cards00{n}.wav" for n in range(1, 6)]
 sys.path.insert(0, str(REPO / "scripts"))
 
-
-def free_ports(count: int) -> list[int]:
-    """Distinct free loopback ports (all bound at once, then released)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+from bench_lab import free_ports  # noqa: E402  (one port finder for tests and benchmarks)
 
 
 def merge(*dicts: dict) -> dict:
