@@ -14,7 +14,8 @@ import uuid
 
 import flask
 
-from app import auth, errors, routes
+from app import admission, auth, errors, routes
+from app.jobs import setup as jobs_setup
 from app.metrics import Metrics
 from app.service import Transcriber
 from app.settings import Settings
@@ -57,11 +58,16 @@ def create_app(settings: Settings | None = None, *, start: bool = True) -> flask
     transcriber = Transcriber(settings, metrics)
     app.extensions["asr"] = transcriber
     app.register_blueprint(routes.bp)
+    # /v1/jobs, the planner of long requests and the segment puller (app/jobs/).
+    admitted = routes.TRANSCRIBE_ENDPOINTS | jobs_setup.install(app, transcriber, start=start)
     errors.register(app)
     # Request hooks first: a 401 still gets its request ID and is counted.
     _install_request_hooks(app, settings, metrics)
     if settings.api_key_file:
         auth.install(app, auth.load_keys(settings.api_key_file))
+    # After the key check: a refused key never takes a slot.
+    app.extensions["admission"] = admission.Admission(settings.max_concurrent_requests)
+    admission.install(app, app.extensions["admission"], admitted)
 
     if start:
         transcriber.start(exit_on_failure=from_environment)

@@ -2,8 +2,8 @@
 
 Handler threads submit a request's segments as a group and wait on futures.
 The inference thread takes up to `max_items` segments (or `max_seconds` of
-audio) of one language, waiting at most `wait_s` for a batch to fill, and runs
-them as one engine call. A full queue refuses the whole group at once, so the
+audio) that decode the same way (language, task, prompt), waiting at most
+`wait_s` for a batch to fill, and runs them as one engine call. A full queue refuses the whole group at once, so the
 client (or Nginx) can go to another worker instead of waiting here.
 """
 
@@ -19,7 +19,7 @@ from concurrent.futures import Future, InvalidStateError
 
 import numpy as np
 
-from app.engines import SAMPLE_RATE, Engine, Transcript
+from app.engines import SAMPLE_RATE, DecodeOptions, Engine, Transcript
 from app.errors import DeadlineExceeded, Overloaded
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ class Job:
     """One segment waiting for the model."""
 
     audio: np.ndarray
-    language: str
+    options: DecodeOptions
     deadline: float
     future: Future = dataclasses.field(default_factory=Future)
     attempts: int = 0
@@ -58,6 +58,12 @@ class Batcher:
         self._queue: collections.deque[Job] = collections.deque()
         self._changed = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
+        # Progress, for /health: the poller tells a busy worker (engine calls
+        # keep returning) from a stuck one (one call far longer than any before).
+        self.batches_done = 0
+        self.longest_batch_s = 0.0
+        self._last_batch_end: float | None = None
+        self._batch_started: float | None = None
 
     def start(self) -> None:
         self._thread.start()
@@ -70,9 +76,19 @@ class Batcher:
     def depth(self) -> int:
         return len(self._queue)
 
-    def submit(self, audios: list[np.ndarray], language: str, deadline: float) -> list[Job]:
+    def progress(self) -> dict:
+        """Engine calls finished (failed ones too: the thread is not stuck),
+        seconds since the last one ended, how long the running one has taken
+        (0 when idle) and the longest so far."""
+        now, started, ended = time.monotonic(), self._batch_started, self._last_batch_end
+        return {"batches_done": self.batches_done,
+                "last_batch_age_s": None if ended is None else round(now - ended, 2),
+                "batch_running_s": 0.0 if started is None else round(now - started, 2),
+                "longest_batch_s": round(self.longest_batch_s, 2)}
+
+    def submit(self, audios: list[np.ndarray], options: DecodeOptions, deadline: float) -> list[Job]:
         """Queues one request's segments, all or none; raises Overloaded when full."""
-        jobs = [Job(audio, language, deadline) for audio in audios]
+        jobs = [Job(audio, options, deadline) for audio in audios]
         with self._changed:
             # An empty queue takes any request, so a long recording with more
             # segments than the limit is still served when the worker is idle.
@@ -113,7 +129,7 @@ class Batcher:
         kept: collections.deque[Job] = collections.deque()
         while self._queue and len(batch) < self.max_items:
             job = self._queue.popleft()
-            fits = not job.solo and job.language == first.language
+            fits = not job.solo and job.options == first.options
             if fits and seconds + job.seconds <= self.max_seconds:
                 batch.append(job)
                 seconds += job.seconds
@@ -134,18 +150,26 @@ class Batcher:
                 live.append(job)
         if not live:
             return
-        started = time.monotonic()
+        started = self._batch_started = time.monotonic()
         try:
-            results = self.engine.transcribe_batch([job.audio for job in live], live[0].language)
+            results = self.engine.transcribe_batch([job.audio for job in live], live[0].options)
             if len(results) != len(live):
                 raise RuntimeError(f"engine returned {len(results)} results for {len(live)} clips")
         except Exception as error:  # any engine failure is retried, never fatal
+            self._batch_done(started)
             log.warning("batch of %d failed: %s", len(live), error)
             self._retry_or_fail(live, error)
             return
+        self._batch_done(started)
         self.on_batch(len(live), sum(job.seconds for job in live), time.monotonic() - started)
         for job, result in zip(live, results):
             _settle(job, result=result)
+
+    def _batch_done(self, started: float) -> None:
+        ended = time.monotonic()
+        self.longest_batch_s = max(self.longest_batch_s, ended - started)
+        self.batches_done += 1
+        self._last_batch_end, self._batch_started = ended, None
 
     def _retry_or_fail(self, jobs: list[Job], error: Exception) -> None:
         retry = []

@@ -54,6 +54,27 @@ class Unauthorized(ASRError):
     openai_type = "invalid_request_error"
 
 
+class NotFound(ASRError):
+    """No such job (or not this client's)."""
+
+    status = 404
+    openai_type = "invalid_request_error"
+
+
+class Conflict(ASRError):
+    """The job is not in a state that has what was asked (a result while running)."""
+
+    status = 409
+    openai_type = "invalid_request_error"
+
+
+class Gone(ASRError):
+    """The job was cancelled: its audio and result are deleted."""
+
+    status = 410
+    openai_type = "invalid_request_error"
+
+
 class UnsupportedMedia(ASRError):
     """The upload is not audio any decoder knows."""
 

@@ -8,16 +8,24 @@ from __future__ import annotations
 
 import dataclasses
 
+from app.engines.base import Word
+
 
 @dataclasses.dataclass(frozen=True)
 class SegmentText:
-    """A transcribed segment: times in seconds, tags already stripped."""
+    """A transcribed segment: times in seconds from the recording's start,
+    tags already stripped. words and the scores are the model's own, where
+    it gives them (Whisper), else empty and None."""
 
     start: float
     end: float
     text: str
     emotion: str | None = None
     event: str | None = None
+    words: tuple[Word, ...] = ()
+    avg_logprob: float | None = None
+    no_speech_prob: float | None = None
+    compression_ratio: float | None = None
 
     def as_dict(self) -> dict:
         return {
@@ -60,23 +68,26 @@ def to_text(segments: list[SegmentText]) -> str:
     return " ".join(segment.text for segment in _spoken(segments))
 
 
+SCORES = ("avg_logprob", "compression_ratio", "no_speech_prob")
+
+
 def to_verbose_json(segments: list[SegmentText], *, language: str, duration: float,
                     model: str) -> dict:
-    """OpenAI's verbose_json; fields SenseVoice cannot compute are neutral."""
+    """OpenAI's verbose_json. Scores an engine does not compute are left out,
+    never filled with a made-up constant."""
+    rows = []
+    for index, s in enumerate(_spoken(segments)):
+        row = {"id": index, "seek": 0, "start": round(s.start, 3), "end": round(s.end, 3),
+               "text": s.text, "tokens": [], "temperature": 0.0}
+        row.update({name: getattr(s, name) for name in SCORES if getattr(s, name) is not None})
+        rows.append(row)
     return {
         "task": "transcribe",
         "language": language,
         "duration": round(duration, 3),
         "text": to_text(segments),
         "model": model,
-        "segments": [
-            {
-                "id": index, "seek": 0, "start": round(s.start, 3), "end": round(s.end, 3),
-                "text": s.text, "tokens": [], "temperature": 0.0, "avg_logprob": 0.0,
-                "compression_ratio": 0.0, "no_speech_prob": 0.0,
-            }
-            for index, s in enumerate(_spoken(segments))
-        ],
+        "segments": rows,
     }
 
 

@@ -7,6 +7,7 @@ import time
 import flask
 
 from app import audio, formats
+from app.engines import DecodeOptions
 from app.errors import BadRequest, TooLarge
 from app.service import Transcriber, Transcription
 
@@ -44,8 +45,19 @@ def _run(*, use_vad: bool, language: str | None) -> Transcription:
     settings = transcriber.settings
     data = _upload()
     limit = settings.max_audio_seconds if use_vad else settings.max_simple_seconds
-    samples = _decode(data, limit)
-    return transcriber.transcribe(samples, code, use_vad=use_vad)
+    try:
+        samples = _decode(data, limit)
+    except TooLarge as error:
+        if use_vad and "jobs" in flask.current_app.extensions:
+            raise TooLarge(f"{error.message}; for longer recordings submit a job: POST /v1/jobs") from None
+        raise
+    planner = flask.current_app.extensions.get("fanout")
+    if use_vad and planner is not None:
+        # app/jobs/fanout.py: the deadline follows the audio's length, and a
+        # long recording is spread over every worker of the host.
+        return planner.transcribe(samples, DecodeOptions(language=code), upload=data,
+                                  request_id=flask.g.request_id)
+    return transcriber.transcribe(samples, DecodeOptions(language=code), use_vad=use_vad)
 
 
 def _original_body(result: Transcription, data: str) -> dict:
@@ -110,8 +122,16 @@ def openai_transcriptions():
 
 @bp.get("/health")
 def health():
+    """Takes no lock a transcription holds, and runs on a thread no
+    transcription can take (app/admission.py), so it answers at once however
+    busy the worker is. Busy is not failed: a worker with work in hand says
+    so (`busy`) with its progress (engine calls done, the age of the last,
+    how long the running one has taken), from which the poller tells a busy
+    worker from a stuck one."""
     transcriber = _transcriber()
-    engine = transcriber.engine
+    engine, batcher = transcriber.engine, transcriber.batcher
+    admission = flask.current_app.extensions["admission"]
+    depth, in_flight = (batcher.depth if batcher else 0), transcriber.metrics.in_flight
     body = {
         "status": "ok" if transcriber.healthy else ("broken" if transcriber.state != "loading" else "loading"),
         "reason": transcriber.reason or None,
@@ -119,8 +139,13 @@ def health():
         "engine": engine.name if engine else transcriber.settings.engine,
         "device": engine.device if engine else None,
         "instance": transcriber.settings.instance_name,
-        "queue_depth": transcriber.batcher.depth if transcriber.batcher else 0,
-        "in_flight": transcriber.metrics.in_flight,
+        "busy": bool(depth or in_flight),
+        "queue_depth": depth,
+        "in_flight": in_flight,
+        "admitted": admission.admitted,
+        "max_concurrent": admission.limit,
+        **(batcher.progress() if batcher else {"batches_done": 0, "last_batch_age_s": None,
+                                               "batch_running_s": 0.0, "longest_batch_s": 0.0}),
         "requests_total": transcriber.metrics.total,
         "uptime_s": round(time.monotonic() - transcriber.metrics.started, 1),
     }

@@ -19,8 +19,9 @@ import numpy as np
 from app import vad
 from app.audio import SAMPLE_RATE
 from app.batching import Batcher, wait_all
-from app.engines import Engine, load_engine
+from app.engines import DecodeOptions, Engine, Transcript, load_engine
 from app.errors import ASRError, Overloaded, Unprocessable
+from app.engines.base import Word
 from app.formats import SegmentText
 from app.metrics import Metrics
 from app.settings import Settings
@@ -98,7 +99,7 @@ class Transcriber:
     def _warm_up(self) -> None:
         # Low noise rather than silence: some models skip all-zero input.
         noise = np.random.default_rng(0).normal(0, 0.01, SAMPLE_RATE).astype(np.float32)
-        jobs = self.batcher.submit([noise], "auto", time.monotonic() + 600)
+        jobs = self.batcher.submit([noise], DecodeOptions(), time.monotonic() + 600)
         outcome = wait_all(jobs, time.monotonic() + 600)[0]
         if isinstance(outcome, Exception):
             raise outcome
@@ -119,29 +120,52 @@ class Transcriber:
             raise Overloaded(f"model not ready ({self.state})", retry_after=5)
         return self.engine
 
-    def transcribe(self, samples: np.ndarray, language: str, *, use_vad: bool) -> Transcription:
-        self._ready_engine()
+    def transcribe(self, samples: np.ndarray, options: DecodeOptions, *, use_vad: bool,
+                   timeout: float | None = None) -> Transcription:
+        """timeout: this request's deadline in seconds (app/jobs/pace.py sets
+        it from the audio's length); None is ASR_REQUEST_TIMEOUT."""
+        engine = self._ready_engine()
         segments = self.segmenter.split(samples) if use_vad else vad.whole(samples)
-        deadline = time.monotonic() + self.settings.request_timeout_seconds
-        jobs = self.batcher.submit([s.cut(samples) for s in segments], language, deadline)
+        if engine.window_seconds:
+            windows = vad.merge(segments, engine.window_seconds)
+        else:
+            windows = [vad.Window((segment,)) for segment in segments]
+        deadline = time.monotonic() + (timeout or self.settings.request_timeout_seconds)
+        jobs = self.batcher.submit([w.cut(samples) for w in windows], options, deadline)
         try:
             outcomes = wait_all(jobs, deadline)
         except ASRError:
             self.batcher.cancel(jobs)
             raise
         done, failed, languages = [], 0, collections.Counter()
-        for segment, outcome in zip(segments, outcomes):
+        for window, outcome in zip(windows, outcomes):
             if isinstance(outcome, Exception):
                 failed += 1
                 continue
-            done.append(SegmentText(segment.start, segment.end, outcome.text,
-                                    outcome.emotion, outcome.event))
+            done.extend(_timed(window, outcome))
             if outcome.language:
                 languages[outcome.language] += 1
         if failed and not done:
             raise ASRError(f"transcription failed for all {failed} segments")
-        detected = languages.most_common(1)[0][0] if languages else language
+        detected = languages.most_common(1)[0][0] if languages else options.language
         return Transcription(done, failed, detected, len(samples) / SAMPLE_RATE)
+
+
+def _timed(window: vad.Window, outcome: Transcript) -> list[SegmentText]:
+    """The outcome's text at its times in the recording: the model's own
+    pieces when it timed them, else one segment spanning the window."""
+    if not outcome.pieces:
+        return [SegmentText(window.start, window.end, outcome.text, outcome.emotion, outcome.event)]
+    return [
+        SegmentText(
+            window.to_recording(piece.start), window.to_recording(piece.end, is_end=True), piece.text,
+            outcome.emotion, outcome.event,
+            words=tuple(Word(window.to_recording(w.start), window.to_recording(w.end, is_end=True),
+                             w.word, w.probability) for w in piece.words),
+            avg_logprob=piece.avg_logprob, no_speech_prob=piece.no_speech_prob,
+            compression_ratio=piece.compression_ratio)
+        for piece in outcome.pieces
+    ]
 
 
 def _one_line(error: BaseException) -> str:

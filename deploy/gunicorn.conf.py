@@ -19,8 +19,13 @@ workers = 1
 # gthread: handler threads wait on the batcher while the main thread keeps
 # accepting, so /health answers while a long inference runs.
 worker_class = "gthread"
-# Enough handlers to keep the batch full, each mostly waiting on a future.
-threads = 16
+# gthread hands connections to its threads first come, first served, and a
+# transcription holds its thread until it is answered. The app admits at most
+# ASR_MAX_CONCURRENT transcriptions (app/admission.py); the reserve above that
+# is for /health, /stats, /metrics and the instant 503s of refused requests,
+# so the poller's /health never queues behind transcriptions.
+HEALTH_RESERVE_THREADS = 4
+threads = _settings.max_concurrent_requests + HEALTH_RESERVE_THREADS
 
 # Never load the app in the master: CUDA state does not survive fork, and the
 # model must load in the process that will use it.

@@ -32,6 +32,7 @@ import bench_http
 import bench_lab
 import bench_models
 import bench_profile
+import bench_whisper
 
 BENCHMARKS = {
     "overhead": bench_http.overhead,
@@ -39,6 +40,7 @@ BENCHMARKS = {
     "batching": bench_models.batching,
     "balancing": bench_http.balancing,
     "rtf": bench_models.rtf,
+    "whisper_stack": bench_whisper.stack,
     "profile": bench_profile.profile,
 }
 DOC = bench_env.REPO / "docs" / "benchmarks.md"
@@ -53,7 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=None,
                    help="alternating rounds per setup (default 3, quick 1)")
     p.add_argument("--concurrency", type=int, default=4, help="users for the overhead and profile runs")
-    p.add_argument("--engine", default="pocketsphinx", choices=sorted(bench_env.ENGINES),
+    p.add_argument("--engine", default="whisper-base", choices=sorted(bench_env.ENGINES),
                    help="the model behind the fleets and the in-process pipeline (overhead, scaling, "
                         "balancing); the default is what an offline fleet serves")
     p.add_argument("--out", default=str(DOC), help="the Markdown document to regenerate")

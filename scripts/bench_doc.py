@@ -112,17 +112,16 @@ def batching(r: dict) -> str:
         rows.append([c, _f(on["audio_s_per_s"], 3), _f(off["audio_s_per_s"], 3), _pct(x["gain"]),
                      _f(on["p50_ms"], 0), _f(off["p50_ms"], 0), _f(on["p95_ms"], 0), _f(off["p95_ms"], 0),
                      _f(x.get("mean_batch")), f"{_f(on['foreign_cores'])} / {_f(off['foreign_cores'])}"])
+    env = r.get("engine_env") or {"ASR_ENGINE": "funasr", "ASR_MODEL": r.get("model", "")}
     setup = (f"Two direct Gunicorn workers (`gunicorn -c deploy/gunicorn.conf.py 'app:create_app()'` with "
-             f"`ASR_ENGINE=funasr ASR_MODEL={r['model']}`), `ASR_BATCH_MAX_ITEMS=8` (on) and `=1` (off), "
+             f"`{' '.join(f'{k}={v}' for k, v in env.items())}`), `ASR_BATCH_MAX_ITEMS=8` (on) and `=1` (off), "
              f"the rest default (`ASR_BATCH_WAIT_MS=10`). {r['requests_per_run']} requests per run split "
              f"over the users; the {len(r['files'])} short recordings (1 to 7 s, one or two VAD segments "
              f"each).\n")
     header = ["users", "on: audio s/s", "off: audio s/s", "batching gain", "on p50 ms", "off p50 ms",
               "on p95 ms", "off p95 ms", "on: segments per model call", "other tenants, cores (on / off)"]
-    reading = (f"On this CPU the gain stays between {_pct(min(gains))} and {_pct(max(gains))}, likely "
-               "because one clip's matrix products already keep the cores busy, so a padded batch of several "
-               "adds little; batching is for GPUs, where one call costs nearly the same for one clip or "
-               "eight.\n"
+    reading = (f"Across concurrencies the pooled gain ranges from {_pct(min(gains))} to {_pct(max(gains))}; "
+               "a gain whose per-round band includes zero is no measurable difference.\n"
                if gains else "")
     return "\n".join([setup, _table(header, rows), reading])
 
@@ -157,9 +156,28 @@ def rtf(r: dict) -> str:
     return "\n".join([setup, _table(header, rows)])
 
 
+def whisper_stack(r: dict) -> str:
+    w, f, b = r["worker"], r["faster_whisper"], r["stack_cost_band"]
+    rows = [[name, _f(x["audio_s_per_s"], 3), _f(x["p50_ms"], 0), _f(x["p95_ms"], 0),
+             ", ".join(_f(v, 2) for v in x["per_round"]), _f(x["foreign_cores"])]
+            for name, x in (("Whisper base worker (HTTP)", w), ("faster-whisper in-process", f))]
+    verdict = (f"**stack cost {r['stack_cost'] * 100:.1f}%** (per round: min {b['min'] * 100:.1f}%, median "
+               f"{b['median'] * 100:.1f}%, max {b['max'] * 100:.1f}%)"
+               + ("" if b["measurable"] else ": the band includes zero, so no measurable difference"))
+    setup = (f"A direct Gunicorn worker (`ASR_ENGINE=whisper ASR_MODEL=base ASR_CPU_THREADS={r['threads']}`) "
+             f"against faster-whisper's own `BatchedInferencePipeline` (batch_size 8, its own VAD) on the "
+             f"same model, int8, {r['threads']} threads, in the benchmark process, both fed the same uploads "
+             f"by {r['concurrency']} users, {r['per_user']} recordings each per round, over "
+             f"{', '.join(r['files'])}. The worker was ready {r['ready_s']} s after its start, with "
+             f"{r['resident_mb']} MB resident (master and worker).\n")
+    header = ["setup", "audio s/s", "p50 ms", "p95 ms", "rounds (audio s/s)", "other tenants, cores"]
+    return "\n".join([setup, _table(header, rows), verdict + "\n"])
+
+
 SECTIONS = [("overhead", "1. Stack overhead", overhead), ("scaling", "2. Scaling", scaling),
             ("batching", "3. Batching", batching), ("balancing", "4. Balancing", balancing),
             ("rtf", "5. Engines: real-time factor per core", rtf),
+            ("whisper_stack", "6. Whisper: the worker against faster-whisper itself", whisper_stack),
             ("profile", "Profile", bench_doc_profile.render)]
 
 
@@ -184,6 +202,13 @@ def summary(results: dict) -> str:
         t = r["table"]
         ratio = t["least_conn"]["p95_ms"] / t["round_robin"]["p95_ms"]
         rows.append(["p95 least_conn vs round robin", f"{ratio:.2f}x", ""])
+    r = results.get("whisper_stack", {})
+    if "stack_cost" in r:
+        rows.append(["Whisper base worker vs faster-whisper in-process (throughput cost)",
+                     f"{r['stack_cost'] * 100:.1f}%" + ("" if r["stack_cost_band"]["measurable"]
+                                                        else " (no measurable difference)"), "at most 5%"])
+        rows.append(["Whisper base worker: ready after start / resident memory",
+                     f"{r['ready_s']} s / {r['resident_mb']} MB", "10 s / 700 MB"])
     for name, x in results.get("rtf", {}).get("table", {}).items():
         rows.append([f"CPU RTF per core, {name}", _f(x["cpu_rtf"], 3), ""])
     return "## Summary\n\n" + _table(["figure", "measured", "target"], rows) if rows else ""

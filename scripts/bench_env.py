@@ -28,7 +28,9 @@ MODELS = REPO / "models"  # git-ignored: the built models are cached here
 FULL_MODEL = MODELS / "sensevoice-full"
 TINY_MODEL = MODELS / "tiny-sensevoice"  # the same path `make tiny-model` writes
 # --engine choices: what the fleets and the in-process pipeline serve.
-ENGINES = {"pocketsphinx": {"engine": "pocketsphinx"},
+ENGINES = {"whisper-base": {"engine": "whisper", "model": "base"},
+           "whisper-tiny.en": {"engine": "whisper", "model": "tiny.en"},
+           "pocketsphinx": {"engine": "pocketsphinx"},
            "funasr-tiny": {"engine": "funasr", "model": str(TINY_MODEL)},
            "funasr-full": {"engine": "funasr", "model": str(FULL_MODEL)}}
 if str(REPO) not in sys.path:  # `app`, for the in-process runs

@@ -48,10 +48,11 @@ class Pipeline:
     def handle(self, upload: bytes) -> float:
         """One request's work; returns the audio seconds."""
         from app import audio
+        from app.engines import DecodeOptions
 
         samples = audio.decode(upload, max_seconds=self.settings.max_audio_seconds,
                                ffmpeg_timeout=self.settings.ffmpeg_timeout_seconds)
-        result = self.transcriber.transcribe(samples, "auto", use_vad=True)
+        result = self.transcriber.transcribe(samples, DecodeOptions(), use_vad=True)
         return result.duration
 
     def run(self, files: list[AudioFile], concurrency: int, per_user: int) -> dict:
@@ -99,17 +100,17 @@ def compact(*, sent: int, ok: int, elapsed: float, audio: float, latency_ms: dic
 def engine_rtf(settings: dict, files: list[AudioFile]) -> dict:
     """The engine alone, one clip per call on decoded audio: wall and CPU seconds per audio second."""
     from app import audio
-    from app.engines import load_engine
+    from app.engines import DecodeOptions, load_engine
     from app.settings import Settings
 
     clips = [audio.decode(f.data, max_seconds=600, ffmpeg_timeout=60) for f in files]
     started = time.monotonic()
     engine = load_engine(Settings(**settings))
     load_s = time.monotonic() - started
-    engine.transcribe_batch(clips[:1], "auto")  # warm-up, not timed
+    engine.transcribe_batch(clips[:1], DecodeOptions())  # warm-up, not timed
     cpu0, t0 = cpu_seconds(), time.monotonic()
     for clip in clips:
-        engine.transcribe_batch([clip], "auto")
+        engine.transcribe_batch([clip], DecodeOptions())
     wall, cpu = time.monotonic() - t0, cpu_seconds() - cpu0
     seconds = sum(len(c) for c in clips) / audio.SAMPLE_RATE
     out = {"model": engine.model.replace(f"{REPO}/", ""), "engine": engine.name, "load_s": round(load_s, 1),

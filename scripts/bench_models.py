@@ -1,9 +1,10 @@
 """Benchmarks about the model: cross-request batching, and each engine's real-time factor.
 
-Both use SenseVoiceSmall's real shape with random weights
-(`make_tiny_model.py models/sensevoice-full --full-size`, built once and
-cached under the git-ignored models/): the compute is the real model's, the
-transcripts are noise.
+Batching runs on --engine (by default the embedded Whisper base, what an
+offline fleet serves). The FunASR rows use SenseVoiceSmall's real shape with
+random weights (`make_tiny_model.py models/sensevoice-full --full-size`,
+built once and cached under the git-ignored models/): the compute is the
+real model's, the transcripts are noise.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import sys
 from functools import partial
 
-from bench_env import FULL_MODEL, MIXED, REPO, SHORT, TINY_MODEL, audio_set, ensure_model
+from bench_env import FULL_MODEL, MIXED, SHORT, TINY_MODEL, audio_set, engine_settings, ensure_model
 from bench_http import alternate, http_run, pooled
 from bench_inprocess import engine_rtf
 from bench_lab import Lab
@@ -19,14 +20,14 @@ from bench_lab import Lab
 
 def batching(lab: Lab, opts) -> dict:
     """ASR_BATCH_MAX_ITEMS=8 against =1 on two direct Gunicorn workers, at several concurrencies."""
-    model = ensure_model(FULL_MODEL, full_size=True)
+    settings = engine_settings(opts.engine)
+    env = {"ASR_ENGINE": settings["engine"], "ASR_MODEL": settings.get("model", "")}
     files = audio_set(SHORT)
     concurrencies = [1, 8] if opts.quick else [1, 4, 8]
     total = 8 if opts.quick else 16  # requests per run, whatever the concurrency
     workers = {}
     for name, items in (("on", 8), ("off", 1)):  # one at a time: two loads at once fight for the CPU
-        workers[name] = lab.worker(f"batch-{name}", {"ASR_ENGINE": "funasr", "ASR_MODEL": str(model),
-                                                     "ASR_BATCH_MAX_ITEMS": str(items)})
+        workers[name] = lab.worker(f"batch-{name}", {**env, "ASR_BATCH_MAX_ITEMS": str(items)})
     for worker in workers.values():
         http_run(worker.url, files, 2, 1)
     table, runs = {}, {}
@@ -42,7 +43,7 @@ def batching(lab: Lab, opts) -> dict:
                    for k, rows in got.items()}
     for worker in list(workers.values()):
         lab.release(worker)
-    return {"name": "batching", "table": table, "model": str(model.relative_to(REPO)),
+    return {"name": "batching", "table": table, "engine_env": env,
             "files": [f.name for f in files], "requests_per_run": total, "runs": runs}
 
 
@@ -69,7 +70,9 @@ def rtf(lab: Lab, opts) -> dict:
     """Each engine alone, in this process, over the same decoded clips."""
     files = audio_set(MIXED[:3] + MIXED[5:7] if opts.quick else MIXED)
     engines = {
-        "pocketsphinx (embedded)": {"engine": "pocketsphinx"},
+        "Whisper base (embedded)": {"engine": "whisper", "model": "base"},
+        "Whisper tiny.en (embedded)": {"engine": "whisper", "model": "tiny.en"},
+        "pocketsphinx": {"engine": "pocketsphinx"},
         "FunASR tiny (random weights)": {"engine": "funasr",
                                          "model": str(ensure_model(TINY_MODEL, full_size=False))},
         "FunASR SenseVoiceSmall shape": {"engine": "funasr",

@@ -1,4 +1,4 @@
-"""Naive autoscaling: the decision only (the poller acts on it)."""
+"""Autoscaling: the decision only (the poller acts on it)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,13 @@ from __future__ import annotations
 class Autoscaler:
     """A metric above the high mark for high_for_s grows the fleet by one;
     below the low mark for low_for_s shrinks it by one; never outside
-    min..max, and never within cooldown_s of the last change."""
+    min..max, and never within cooldown_s of the last change.
+
+    Growing also needs `can_grow` (the machine has room for the next
+    instance: scripts/fleet_capacity.py). When it has not, a due "up" comes
+    back as "blocked" and nothing changes: a high load on saturated cores is
+    a reason to refuse work quickly, not to start an instance that would only
+    split the same cores."""
 
     def __init__(self, knobs: dict):
         self.knobs = knobs
@@ -14,7 +20,7 @@ class Autoscaler:
         self.low_since: float | None = None
 
     def observe(self, now: float, value: float | None, size: int, low: int, high: int,
-                last_scale_at: float) -> str | None:
+                last_scale_at: float, can_grow: bool = True) -> str | None:
         k = self.knobs
         if value is None or value > k["high_mark"]:
             self.low_since = None
@@ -31,6 +37,8 @@ class Autoscaler:
         if now - last_scale_at < k["cooldown_s"]:
             return None
         if self.high_since is not None and now - self.high_since >= k["high_for_s"] and size < high:
+            if not can_grow:
+                return "blocked"
             self.high_since = None
             return "up"
         if self.low_since is not None and now - self.low_since >= k["low_for_s"] and size > low:

@@ -20,43 +20,48 @@ import tomllib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-ENGINES = ("auto", "funasr", "pocketsphinx")
+ENGINES = ("auto", "funasr", "whisper", "pocketsphinx")
 BALANCING = ("round_robin", "least_conn")
-METRICS = ("in_flight", "queue_depth")
+METRICS = ("utilization", "in_flight", "queue_depth")
 
 # Every knob of every table, with its default. Unknown keys are an error, so
 # a typo in fleet.toml never silently keeps a default.
 DEFAULTS: dict[str, dict] = {
     "": {
         "front_host": "127.0.0.1", "front_port": 5002, "engine": "auto",
-        "model": "iic/SenseVoiceSmall", "model_cache": "", "instances": 3, "base_port": 8001,
+        "model": "", "model_cache": "", "instances": 3, "base_port": 8001,
         "gpus": "auto", "min_instances": None, "max_instances": None, "balancing": "round_robin",
+        "cpu_cores": "auto",
     },
     "worker": {
         "max_upload_mb": 100, "request_timeout_s": 300, "queue_max_items": 256,
-        "graceful_timeout_s": 30, "startsecs": 20,
+        "max_concurrent": 2, "max_concurrent_gpu": 8, "graceful_timeout_s": 30, "startsecs": 20,
         "stopwaitsecs": None, "startretries": 3, "log_maxbytes": "50MB", "log_backups": 5, "env": {},
     },
     "nginx": {
-        "worker_processes": "auto", "max_fails": 3, "fail_timeout_s": 10, "next_upstream_tries": 3,
+        "worker_processes": "auto", "max_fails": 0, "fail_timeout_s": 10, "next_upstream_tries": 3,
+        "retry_after_s": 1,
         "connect_timeout_s": 2, "read_timeout_margin_s": 60, "keepalive": 16,
         "keepalive_timeout_s": 60, "client_body_timeout_s": 60, "rate_limit_per_s": 0,
         "rate_limit_burst": 20,
     },
     "health": {
         "interval_s": 2.0, "timeout_s": 2.0, "eject_after": 3, "restore_after": 2,
-        "restart_after": 10, "max_load_s": 600,
+        "restart_after": 10, "max_load_s": 600, "stuck_after_s": 60, "stuck_factor": 3,
     },
     "scaling": {
-        "enabled": True, "metric": "in_flight", "high_mark": 4.0, "low_mark": 0.5,
+        "enabled": True, "metric": "utilization", "high_mark": 0.9, "low_mark": 0.1,
         "high_for_s": 30, "low_for_s": 120, "cooldown_s": 60, "drain_timeout_s": None,
+        "cpu_saturated_percent": 85,
     },
     "monitor": {"interval_s": 2.0, "p95_alert_ms": 10000, "error_rate_alert": 0.05, "log_dir": ""},
 }
-INSTANCE_KEYS = {"port", "device", "weight", "env"}
+INSTANCE_KEYS = {"port", "device", "weight", "env", "max_concurrent"}
 # Knobs that must be positive numbers (rate_limit_per_s: 0 means off).
-POSITIVE = {"worker": ("max_upload_mb", "request_timeout_s", "queue_max_items", "graceful_timeout_s"),
-            "nginx": ("client_body_timeout_s", "rate_limit_burst")}
+POSITIVE = {"worker": ("max_upload_mb", "request_timeout_s", "queue_max_items", "graceful_timeout_s",
+                       "max_concurrent", "max_concurrent_gpu"),
+            "nginx": ("client_body_timeout_s", "rate_limit_burst", "retry_after_s"),
+            "health": ("stuck_after_s", "stuck_factor")}
 
 
 class FleetError(Exception):
@@ -112,7 +117,8 @@ def _pool(raw: dict, top: dict, gpus: int) -> list[dict]:
             if not isinstance(env, dict):
                 raise FleetError(f"{where}: env must be a table of VARIABLE = \"value\"")
             pool.append({"port": entry["port"], "weight": entry.get("weight", 1), "env": env,
-                         "device": _device(entry.get("device", "cpu"), gpus, where)})
+                         "device": _device(entry.get("device", "cpu"), gpus, where),
+                         "max_concurrent": entry.get("max_concurrent")})
         return pool
     top_gpus = top["gpus"]
     if top_gpus == "auto":
@@ -162,8 +168,11 @@ def _check(resolved: dict) -> None:
                          "would SIGKILL a worker still finishing its queue")
 
 
-def load(config: Path, run_dir: Path, *, mode: str = "local", gpus: int | None = None) -> dict:
-    """Reads fleet.toml and returns the resolved fleet (what run/fleet.json holds)."""
+def load(config: Path, run_dir: Path, *, mode: str = "local", gpus: int | None = None,
+         cores: int | None = None) -> dict:
+    """Reads fleet.toml and returns the resolved fleet (what run/fleet.json holds);
+    `gpus` and `cores` replace what the machine has (tests)."""
+    import fleet_capacity  # it needs FleetError from here
     try:
         raw = tomllib.loads(config.read_text())
     except (OSError, tomllib.TOMLDecodeError) as error:
@@ -199,6 +208,7 @@ def load(config: Path, run_dir: Path, *, mode: str = "local", gpus: int | None =
     if scaling["drain_timeout_s"] is None:
         scaling["drain_timeout_s"] = worker["request_timeout_s"] + 30
     resolved["monitor"]["log_dir"] = resolved["monitor"]["log_dir"] or str(run_dir / "logs" / "monitor")
+    fleet_capacity.apply_budget(resolved, cores or fleet_capacity.detect_cores(top["cpu_cores"]))
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     if mode == "local":
         resolved["supervisor_url"] = f"unix://{run_dir}/supervisor.sock"

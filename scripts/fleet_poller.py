@@ -1,17 +1,23 @@
 """The health poller (scripts/health_poller.sh runs `fleet.py poll`).
 
-Every health.interval_s it probes each active instance's /health in parallel;
-after eject_after failures the instance leaves the upstream, after
-restore_after good checks it comes back, after restart_after hard failures
-(or a load past max_load_s) it is restarted through Supervisor; STOPPED or
-EXITED instances are started, FATAL ones retried each minute. It runs the
-autoscaler and writes fleet-status.json (served at /fleet).
+Every health.interval_s it probes each active instance's /health in parallel
+and judges it (scripts/fleet_liveness.py): ok, loading, busy (late, but its
+processes work), stuck or dead. Busy is never held against an instance.
+After eject_after stuck or dead rounds an instance leaves the upstream (one
+at a time, never the last one serving); after restore_after ok rounds it
+comes back. After restart_after such rounds it is restarted, one at a time:
+a stuck one is killed (SIGKILL to its process group; Supervisor starts it
+again and Nginx replays what it held), a dead one stopped gracefully so
+whatever it still holds finishes. STOPPED or EXITED instances are started,
+FATAL ones retried each minute. It runs the autoscaler and writes
+fleet-status.json (served at /fleet).
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import os
 import signal
 import sys
 import threading
@@ -19,6 +25,8 @@ import time
 import xmlrpc.client
 from pathlib import Path
 
+import fleet_capacity as capacity
+import fleet_liveness as liveness
 import fleet_state as fs
 from fleet_actions import scale_to
 from fleet_autoscale import Autoscaler
@@ -27,27 +35,12 @@ from fleet_nginx import change_state
 from fleet_supervisor import STOPPED_STATES, Supervisor, probe_all
 
 
-class Track:
-    """What the poller remembers about one instance."""
-
-    def __init__(self):
-        self.fails = self.oks = 0
-        # Failures that are not "loading": only these (or a load that never
-        # ends) justify a restart; a big model loading slowly does not.
-        self.hard_fails = 0
-        self.loading_since: float | None = None
-        self.ever_healthy = False
-        self.first_seen = time.monotonic()
-        self.last_restart = 0.0
-        self.last_fatal_start = 0.0
-        self.outcome, self.body, self.error, self.checked = "unknown", None, "", ""
-
-
 class Poller:
     def __init__(self, run_dir: Path):
         self.run_dir = run_dir
         self.mtime = 0.0
-        self.tracks: dict[str, Track] = {}
+        self.tracks: dict[str, liveness.Track] = {}
+        self.notes: dict[str, str] = {}
         self.action: threading.Thread | None = None
         self.stopping = False
         self._load()
@@ -64,6 +57,7 @@ class Poller:
         signal.signal(signal.SIGTERM, lambda *_: setattr(self, "stopping", True))
         fs.log_event(self.resolved, f"poller: watching {len(self.resolved['instances'])} instances "
                                  f"every {self.resolved['health']['interval_s']} s")
+        capacity.host_cpu_percent()  # the first call only sets psutil's mark
         while not self.stopping:
             started = time.monotonic()
             try:
@@ -76,85 +70,130 @@ class Poller:
                 time.sleep(min(0.1, max(end - time.monotonic(), 0)))
         fs.log_event(self.resolved, "poller: stopped")
 
+    def _note(self, name: str, message: str | None) -> None:
+        """Logs a held-back action once, not every round."""
+        if message and self.notes.get(name) != message:
+            fs.log_event(self.resolved, message)
+        self.notes[name] = message or ""
+
     def tick(self) -> None:
         self._load()
         resolved, health = self.resolved, self.resolved["health"]
         state = fs.read_state(self.run_dir, resolved)
         try:
-            sup_states = {n: i["statename"] for n, i in self.sup.states().items()}
+            infos = self.sup.states()
         except (OSError, xmlrpc.client.Error, http.client.HTTPException):
-            sup_states = {}
+            infos = {}
+        sup_states = {name: info["statename"] for name, info in infos.items()}
         active = resolved["instances"][:state["size"]]
         watched = [i for i in resolved["instances"] if i in active or sup_states.get(i["name"]) == "RUNNING"]
         results = probe_all(watched, health["timeout_s"])
         now = time.monotonic()
-        eject, restore = {}, []
         for inst in active:
             name = inst["name"]
-            track = self.tracks.setdefault(name, Track())
-            track.outcome, track.body, track.error = results[name]
+            track = self.tracks.setdefault(name, liveness.Track())
             track.checked = fs.now_iso()
-            sup_state = sup_states.get(name, "UNKNOWN")
-            if name in state["maintenance"]:
-                continue
-            track.hard_fails = track.hard_fails + 1 if track.outcome == "fail" else 0
-            if track.outcome != "loading":
-                track.loading_since = None
-            elif track.loading_since is None:
-                track.loading_since = now
-            if track.outcome == "ok":
-                track.oks, track.fails, track.ever_healthy = track.oks + 1, 0, True
-            elif track.ever_healthy or now - track.first_seen > health["max_load_s"]:
-                track.fails, track.oks = track.fails + 1, 0
-            if name not in state["ejected"] and track.fails >= health["eject_after"]:
-                eject[name] = f"unhealthy: {track.fails} failed checks, last: {track.error}"
-            if name in state["ejected"] and track.oks >= health["restore_after"]:
-                restore.append(name)
-            self._restart_or_start(inst, track, sup_state, now)
-        if eject or restore:
-            def apply(s):
-                s["ejected"].update(eject)
-                for name in restore:
-                    s["ejected"].pop(name, None)
-            change_state(resolved, apply)
-            for name, reason in eject.items():
-                fs.log_event(resolved, f"{name}: healthy -> ejected from the upstream ({reason})")
-            for name in restore:
-                fs.log_event(resolved, f"{name}: ejected -> healthy, back in the upstream")
-            state = fs.read_state(self.run_dir, resolved)
+            running = sup_states.get(name) == "RUNNING"
+            liveness.judge(track, results[name], infos[name]["pid"] if running else None, health, now)
+            if name not in state["maintenance"]:
+                liveness.count(track, health, now)
+        state = self._eject_and_restore(state, active)
+        for inst in active:
+            if inst["name"] not in state["maintenance"]:
+                self._restart_or_start(inst, self.tracks[inst["name"]], sup_states.get(inst["name"], "UNKNOWN"),
+                                       infos.get(inst["name"], {}), now)
         self._autoscale(state, active)
         self._write_status(state, sup_states, results)
 
-    def _restart_or_start(self, inst: dict, track: Track, sup_state: str, now: float) -> None:
+    def _eject_and_restore(self, state: dict, active: list[dict]) -> dict:
+        resolved, health = self.resolved, self.resolved["health"]
+        names = [inst["name"] for inst in active]
+        restore = [n for n in names if n in state["ejected"] and self.tracks[n].oks >= health["restore_after"]]
+        out = (set(state["ejected"]) - set(restore)) | set(state["maintenance"])
+        eject = {}
+        for name in names:
+            track = self.tracks[name]
+            if name in out or name in state["maintenance"] or track.bad < health["eject_after"]:
+                continue
+            blocker = liveness.eject_blocker(name, names, out, self.tracks)
+            if blocker:
+                self._note(name, f"{name}: {track.verdict} ({track.reason}), kept in the upstream: {blocker}")
+                continue
+            self._note(name, None)
+            eject[name] = f"{track.verdict}: {track.bad} bad checks, last: {track.reason}"
+            out.add(name)
+        if not (eject or restore):
+            return state
+
+        def apply(s):
+            s["ejected"].update(eject)
+            for name in restore:
+                s["ejected"].pop(name, None)
+        change_state(resolved, apply)
+        for name, reason in eject.items():
+            fs.log_event(resolved, f"{name}: healthy -> ejected from the upstream ({reason})")
+        for name in restore:
+            fs.log_event(resolved, f"{name}: ejected -> healthy, back in the upstream")
+        return fs.read_state(self.run_dir, resolved)
+
+    def _restart_or_start(self, inst: dict, track: liveness.Track, sup_state: str, info: dict,
+                          now: float) -> None:
         name, health = inst["name"], self.resolved["health"]
-        if sup_state != "RUNNING":
-            track.hard_fails = 0  # starting or stopping: Supervisor is on it
+        if track.restarting_since is not None and (
+                sup_state == "FATAL" or now - track.restarting_since > health["max_load_s"]
+                + self.resolved["worker"]["stopwaitsecs"]):
+            track.restarting_since = None  # it will not come back by itself: let others go
         if sup_state in STOPPED_STATES:
             fs.log_event(self.resolved, f"{name}: supervisor says {sup_state}; starting it")
             self.sup.start(name)
-            track.last_restart = now
         elif sup_state == "FATAL" and now - track.last_fatal_start > 60:
             fs.log_event(self.resolved, f"{name}: FATAL (failed to start); trying again")
             track.last_fatal_start = now
             self.sup.start(name)
-        elif sup_state == "RUNNING" and (
-                track.hard_fails >= health["restart_after"]
-                or (track.loading_since is not None and now - track.loading_since > health["max_load_s"])):
-            fs.log_event(self.resolved, f"{name}: {track.fails} failed checks ({track.error}); restarting it")
-            track.last_restart, track.hard_fails, track.loading_since = now, 0, None
-            self.sup.stop(name, wait=False)  # the next tick starts it once stopped
+        elif sup_state == "RUNNING" and track.bad >= health["restart_after"] and track.restarting_since is None:
+            blocker = liveness.restart_blocker(name, self.tracks)
+            if blocker:
+                self._note(name, f"{name}: {track.verdict} ({track.reason}), restart held back: {blocker}")
+                return
+            track.restarting_since, track.bad = now, 0
+            if track.verdict == "stuck":
+                # Nothing it holds can finish: kill the whole group at once
+                # (a stop would wait stopwaitsecs on a frozen process).
+                # Supervisor starts it again (autorestart); Nginx replays the
+                # requests it held on another instance.
+                fs.log_event(self.resolved, f"{name}: stuck ({track.reason}); killing and restarting it")
+                try:
+                    os.killpg(info["pid"], signal.SIGKILL)
+                except (ProcessLookupError, PermissionError, KeyError) as error:
+                    fs.log_event(self.resolved, f"{name}: kill failed ({error}); stopping it instead")
+                    self.sup.stop(name, wait=False)
+            else:
+                # A graceful stop: Gunicorn finishes what it holds first
+                # (graceful_timeout_s); the next tick starts it once STOPPED.
+                fs.log_event(self.resolved, f"{name}: {track.verdict} ({track.reason}); restarting it")
+                self.sup.stop(name, wait=False)
 
     def _autoscale(self, state: dict, active: list[dict]) -> None:
-        knobs = self.resolved["scaling"]
+        knobs, resolved = self.resolved["scaling"], self.resolved
         if not knobs["enabled"] or (self.action is not None and self.action.is_alive()):
             return
-        values = [t.body.get(knobs["metric"], 0) for inst in active
-                  if (t := self.tracks.get(inst["name"])) and t.outcome == "ok" and t.body
-                  and inst["name"] not in state["ejected"]]
+        serving = [(inst, t) for inst in active if (t := self.tracks.get(inst["name"]))
+                   and t.verdict in ("ok", "busy") and t.body and inst["name"] not in state["ejected"]]
+        values = [_load(inst, t, knobs["metric"]) for inst, t in serving]
         value = sum(values) / len(values) if values else None
-        decision = self.scaler.observe(time.time(), value, state["size"], self.resolved["min_instances"],
-                                       self.resolved["max_instances"], state["last_scale_at"])
-        if decision:
+        room, why_not = True, ""
+        if state["size"] < resolved["max_instances"]:
+            bodies = {inst["name"]: t.body if t.verdict == "ok" else None for inst, t in serving}
+            busy = capacity.busy_threads(resolved, active, bodies)
+            spare = resolved["instances"][state["size"]]
+            room, why_not = capacity.room_for(resolved, spare, busy, capacity.host_cpu_percent())
+        decision = self.scaler.observe(time.time(), value, state["size"], resolved["min_instances"],
+                                       resolved["max_instances"], state["last_scale_at"], can_grow=room)
+        if decision == "blocked":
+            self._note("autoscale", f"autoscale: average {knobs['metric']} {value:.2f} is high, but no "
+                                    f"instance added: {why_not}")
+        elif decision:
+            self._note("autoscale", None)
             size = state["size"] + (1 if decision == "up" else -1)
             why = f"autoscale: average {knobs['metric']} {value:.2f}"
             self.action = threading.Thread(target=self._scale, args=(size, why), daemon=True)
@@ -172,29 +211,47 @@ class Poller:
         for index, inst in enumerate(self.resolved["instances"]):
             name, track = inst["name"], self.tracks.get(inst["name"])
             outcome, body, error = results.get(name, ("unchecked", None, ""))
-            in_upstream = name in members and not members[name]["down"]
+            active = index < state["size"]
+            verdict = track.verdict if track and active else outcome
             instances.append({
                 "name": name, "port": inst["port"], "device": inst["device"], "weight": inst["weight"],
-                "active": index < state["size"], "in_upstream": in_upstream,
+                "max_concurrent": inst["max_concurrent"], "cpu_threads": inst["cpu_threads"],
+                "active": active, "in_upstream": name in members and not members[name]["down"],
                 "state": ("maintenance" if name in state["maintenance"] else
-                          "ejected" if name in state["ejected"] else
-                          outcome if index < state["size"] else "spare"),
+                          "ejected" if name in state["ejected"] else verdict if active else "spare"),
+                "verdict": verdict, "reason": (track.reason if track and active else error) or None,
                 "ejected_reason": state["ejected"].get(name),
                 "supervisor": sup_states.get(name, "UNKNOWN"),
+                "restarting": bool(track and track.restarting_since is not None),
                 "health": body, "last_error": error or None,
                 "last_check": track.checked if track else None,
-                "consecutive_failures": track.fails if track else 0,
+                "consecutive_failures": track.bad if track else 0,
+                "busy": verdict == "busy" or bool((body or {}).get("busy")),
                 "queue_depth": (body or {}).get("queue_depth"), "in_flight": (body or {}).get("in_flight"),
+                "batches_done": (body or {}).get("batches_done"),
             })
         status = {
             "updated": fs.now_iso(), "front": front_url(self.resolved),
             "engine": self.resolved["engine"], "model": self.resolved["model"],
             "balancing": self.resolved["balancing"], "size": state["size"],
             "min_instances": self.resolved["min_instances"], "max_instances": self.resolved["max_instances"],
-            "healthy": sum(1 for i in instances if i["active"] and i["state"] == "ok"),
+            "cores": self.resolved["cores"],
+            "healthy": sum(1 for i in instances if i["active"] and i["state"] in ("ok", "busy")),
+            # Requests the fleet takes at once (the sum of max_conns in the
+            # upstream); past it Nginx answers 503 with Retry-After at once.
+            "capacity": sum(i["max_concurrent"] for i in instances if i["active"] and i["in_upstream"]),
             "instances": instances,
         }
         write_atomic(self.run_dir / "fleet-status.json", json.dumps(status, indent=1) + "\n")
+
+
+def _load(inst: dict, track: liveness.Track, metric: str) -> float:
+    """An instance's load for the autoscaler; one that answers late is full."""
+    if metric == "utilization":
+        if track.verdict == "busy":
+            return 1.0
+        return track.body.get("in_flight", 0) / inst["max_concurrent"]
+    return track.body.get(metric, 0)
 
 
 def poll(run_dir: Path, once: bool = False) -> None:

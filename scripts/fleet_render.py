@@ -38,6 +38,11 @@ def supervisor_env(resolved: dict, inst: dict) -> str:
     }
     if "queue_max_items" in worker:
         env["ASR_QUEUE_MAX_ITEMS"] = worker["queue_max_items"]
+    # The same number as Nginx's max_conns for this server (upstream.conf).
+    env["ASR_MAX_CONCURRENT"] = inst["max_concurrent"]
+    if inst["cpu_threads"]:
+        # This instance's share of the cores (scripts/fleet_capacity.py).
+        env["ASR_CPU_THREADS"] = inst["cpu_threads"]
     if resolved["model_cache"]:
         env["ASR_MODEL_CACHE"] = resolved["model_cache"]
     if resolved["mode"] == "system":

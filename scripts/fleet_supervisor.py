@@ -68,7 +68,9 @@ def ctl(resolved: dict, *words: str) -> subprocess.CompletedProcess:
 
 
 def probe(port: int, timeout: float) -> tuple[str, dict | None, str]:
-    """One /health call: ("ok" | "loading" | "fail", body, error)."""
+    """One /health call: ("ok" | "loading" | "timeout" | "fail", body, error).
+    "timeout" (no answer in time) is kept apart from "fail" (refused, or an
+    error status): a saturated machine answers late, a dead one not at all."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=timeout) as response:
             return "ok", json.loads(response.read()), ""
@@ -82,7 +84,8 @@ def probe(port: int, timeout: float) -> tuple[str, dict | None, str]:
         return outcome, body, f"HTTP {error.code} {status or ''}".strip()
     except (OSError, ValueError) as error:
         reason = getattr(error, "reason", error)
-        return "fail", None, str(reason) or type(error).__name__
+        outcome = "timeout" if isinstance(reason, TimeoutError) else "fail"
+        return outcome, None, str(reason) or type(error).__name__
 
 
 def probe_all(instances: list[dict], timeout: float) -> dict[str, tuple]:

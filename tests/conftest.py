@@ -23,8 +23,11 @@ GUNICORN = Path(sys.executable).parent / "gunicorn"
 
 @pytest.fixture(scope="session")
 def audio_dir() -> Path:
-    """../shared/audio, or a clean skip where the recordings are absent."""
+    """../shared/audio; where the recordings are absent, a skip for a
+    developer and a failure in CI, where a skip would hide a broken setup."""
     if not (SHARED_AUDIO / "jfk.flac").exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true and the shared recordings are missing from {SHARED_AUDIO}")
         pytest.skip("../shared/audio is not present")
     return SHARED_AUDIO
 

@@ -10,35 +10,10 @@ import soundfile
 
 from app import audio
 from app.errors import BadAudio, TooLarge, UnsupportedMedia
+from tests.speech import ENCODINGS, encode
 
 SOURCE = "sense_and_sensibility_01_austen_64kb-0880.wav"
 LIMITS = {"max_seconds": 7200.0, "ffmpeg_timeout": 30.0}
-
-# ffmpeg output arguments per container/codec; each file is made in the test
-# from a real recording.
-ENCODINGS = {
-    "wav-u8-8k": ["-ar", "8000", "-c:a", "pcm_u8", "-f", "wav"],
-    "wav-s16-44k-stereo": ["-ar", "44100", "-ac", "2", "-c:a", "pcm_s16le", "-f", "wav"],
-    "wav-s24-48k": ["-ar", "48000", "-c:a", "pcm_s24le", "-f", "wav"],
-    "wav-s32-22k": ["-ar", "22050", "-c:a", "pcm_s32le", "-f", "wav"],
-    "wav-f32-16k": ["-c:a", "pcm_f32le", "-f", "wav"],
-    "flac-6ch": ["-ac", "6", "-f", "flac"],
-    "ogg-vorbis": ["-c:a", "libvorbis", "-f", "ogg"],
-    "opus": ["-c:a", "libopus", "-f", "ogg"],
-    "mp3": ["-c:a", "libmp3lame", "-f", "mp3"],
-    "m4a-streamable": ["-c:a", "aac", "-movflags", "frag_keyframe+empty_moov", "-f", "ipod"],
-    "m4a-index-at-end": ["-c:a", "aac", "-f", "ipod"],
-    "aac-adts": ["-c:a", "aac", "-f", "adts"],
-    "webm": ["-c:a", "libopus", "-f", "webm"],
-}
-
-
-def encode(source_path, args, out_dir) -> bytes:
-    # A real file, not a pipe: MP4 muxers seek back to write their index.
-    out = out_dir / "encoded"
-    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", str(source_path), *args, str(out)],
-                   check=True, timeout=60)
-    return out.read_bytes()
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +25,7 @@ def source(audio_dir):
 @pytest.mark.parametrize("name", sorted(ENCODINGS))
 def test_every_format_decodes_to_16k_mono_float32(source, name, tmp_path):
     path, seconds = source
-    samples = audio.decode(encode(path, ENCODINGS[name], tmp_path), **LIMITS)
+    samples = audio.decode(encode(path, name, tmp_path), **LIMITS)
     assert samples.dtype == np.float32 and samples.ndim == 1
     # Lossy codecs pad a few frames at the ends.
     assert abs(len(samples) / audio.SAMPLE_RATE - seconds) < 0.15
@@ -97,7 +72,7 @@ def test_over_duration_limit_is_413_before_decoding(audio_dir):
 def test_over_duration_limit_through_ffmpeg(source, tmp_path):
     path, _ = source
     with pytest.raises(TooLarge, match="the limit is 1 s"):
-        audio.decode(encode(path, ENCODINGS["mp3"], tmp_path), max_seconds=1, ffmpeg_timeout=30)
+        audio.decode(encode(path, "mp3", tmp_path), max_seconds=1, ffmpeg_timeout=30)
 
 
 def test_too_short_audio():

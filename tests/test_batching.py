@@ -9,6 +9,7 @@ import time
 import pytest
 import soundfile
 
+from app.engines import DecodeOptions
 from app.batching import Batcher, wait_all
 from app.engines.pocketsphinx_engine import PocketSphinxEngine
 from app.errors import DeadlineExceeded, Overloaded
@@ -31,13 +32,13 @@ class FailingEngine:
         self.engine, self.poison_length, self.fail_calls = engine, poison_length, fail_calls
         self.calls = []
 
-    def transcribe_batch(self, audios, language):
+    def transcribe_batch(self, audios, options):
         self.calls.append(len(audios))
         if len(self.calls) <= self.fail_calls:
             raise RuntimeError("transient failure")
         if any(len(a) == self.poison_length for a in audios):
             raise RuntimeError("poisoned clip")
-        return self.engine.transcribe_batch(audios, language)
+        return self.engine.transcribe_batch(audios, options)
 
 
 def make_batcher(engine, **overrides):
@@ -56,28 +57,28 @@ def later(seconds=60):
 
 def test_segments_submitted_together_run_as_one_batch(engine, clips):
     batcher, sizes = make_batcher(engine)
-    outcomes = wait_all(batcher.submit(clips, "en", later()), later())
+    outcomes = wait_all(batcher.submit(clips, DecodeOptions("en"), later()), later())
     assert sizes == [5]
     assert "clubs" in outcomes[0].text and all(not isinstance(o, Exception) for o in outcomes)
 
 
 def test_batches_respect_item_and_audio_limits(engine, clips):
     batcher, sizes = make_batcher(engine, max_items=2)
-    wait_all(batcher.submit(clips, "en", later()), later())
+    wait_all(batcher.submit(clips, DecodeOptions("en"), later()), later())
     assert sizes == [2, 2, 1]
     longest = max(len(c) for c in clips) / 16000
     batch_seconds = []
     batcher, _ = make_batcher(engine, max_seconds=longest,
                               on_batch=lambda size, audio_s, model_s: batch_seconds.append(audio_s))
-    wait_all(batcher.submit(clips, "en", later()), later())
+    wait_all(batcher.submit(clips, DecodeOptions("en"), later()), later())
     assert max(batch_seconds) <= longest and len(batch_seconds) >= 3
 
 
 def test_languages_are_never_mixed_in_a_batch(engine, clips):
     recorder = FailingEngine(engine)
     batcher, sizes = make_batcher(recorder, wait_s=0.2)
-    english = batcher.submit(clips[:2], "en", later())
-    automatic = batcher.submit(clips[2:], "auto", later())
+    english = batcher.submit(clips[:2], DecodeOptions("en"), later())
+    automatic = batcher.submit(clips[2:], DecodeOptions("auto"), later())
     wait_all(english + automatic, later())
     assert sorted(sizes) == [2, 3]
 
@@ -85,7 +86,7 @@ def test_languages_are_never_mixed_in_a_batch(engine, clips):
 def test_a_transient_failure_is_retried(engine, clips):
     flaky = FailingEngine(engine, fail_calls=1)
     batcher, _ = make_batcher(flaky)
-    outcomes = wait_all(batcher.submit(clips[:3], "en", later()), later())
+    outcomes = wait_all(batcher.submit(clips[:3], DecodeOptions("en"), later()), later())
     assert all(not isinstance(o, Exception) for o in outcomes)
     assert flaky.calls[0] == 3 and flaky.calls[1:] == [1, 1, 1]  # retried one by one
 
@@ -93,7 +94,7 @@ def test_a_transient_failure_is_retried(engine, clips):
 def test_a_poisoned_segment_fails_alone_after_its_retries(engine, clips):
     poisoned = FailingEngine(engine, poison_length=len(clips[1]))
     batcher, _ = make_batcher(poisoned, retries=2)
-    outcomes = wait_all(batcher.submit(clips[:3], "en", later()), later())
+    outcomes = wait_all(batcher.submit(clips[:3], DecodeOptions("en"), later()), later())
     assert [isinstance(o, Exception) for o in outcomes] == [False, True, False]
     assert poisoned.calls.count(1) >= 3  # the poisoned clip's two retries ran alone
 
@@ -101,16 +102,16 @@ def test_a_poisoned_segment_fails_alone_after_its_retries(engine, clips):
 def test_full_queue_refuses_the_whole_request(engine, clips):
     batcher = Batcher(engine, max_items=1, max_seconds=60, wait_s=0, queue_limit=3, retries=0,
                       backoff_s=0)  # not started: nothing drains the queue
-    assert len(batcher.submit(clips, "en", later())) == 5  # an empty queue takes anything
+    assert len(batcher.submit(clips, DecodeOptions("en"), later())) == 5  # an empty queue takes anything
     with pytest.raises(Overloaded, match="queue full"):
-        batcher.submit(clips[:1], "en", later())
+        batcher.submit(clips[:1], DecodeOptions("en"), later())
     assert batcher.depth == 5
 
 
 def test_expired_jobs_are_not_run(engine, clips):
     recorder = FailingEngine(engine)
     batcher, _ = make_batcher(recorder)
-    outcomes = wait_all(batcher.submit(clips[:2], "en", time.monotonic() - 1), later())
+    outcomes = wait_all(batcher.submit(clips[:2], DecodeOptions("en"), time.monotonic() - 1), later())
     assert all(isinstance(o, DeadlineExceeded) for o in outcomes)
     assert recorder.calls == []
 
@@ -119,4 +120,4 @@ def test_waiting_past_the_deadline_raises(engine, clips):
     batcher = Batcher(engine, max_items=1, max_seconds=60, wait_s=0, queue_limit=3, retries=0,
                       backoff_s=0)  # not started
     with pytest.raises(DeadlineExceeded):
-        wait_all(batcher.submit(clips[:1], "en", later()), time.monotonic() + 0.2)
+        wait_all(batcher.submit(clips[:1], DecodeOptions("en"), later()), time.monotonic() + 0.2)

@@ -6,7 +6,7 @@ import jiwer
 import pytest
 import soundfile
 
-from app.engines import load_engine
+from app.engines import DecodeOptions, load_engine
 from app.engines.pocketsphinx_engine import PocketSphinxEngine
 from app.errors import ConfigError
 from app.settings import Settings
@@ -22,7 +22,7 @@ def test_pocketsphinx_word_error_rate_on_librivox(pocketsphinx, audio_dir):
     assert len(clips) == 3
     audios = [soundfile.read(path, dtype="float32")[0] for path in clips]
     references = [path.with_suffix(".txt").read_text().strip().lower() for path in clips]
-    hypotheses = [t.text for t in pocketsphinx.transcribe_batch(audios, "en")]
+    hypotheses = [t.text for t in pocketsphinx.transcribe_batch(audios, DecodeOptions("en"))]
     error_rate = jiwer.wer(references, hypotheses)
     print(f"pocketsphinx WER on the LibriVox clips: {error_rate:.3f}")
     assert error_rate <= 0.45
@@ -33,22 +33,14 @@ def test_pocketsphinx_recovers_when_its_decoder_process_dies(pocketsphinx, audio
     pocketsphinx._process.kill()
     pocketsphinx._process.join()
     with pytest.raises(RuntimeError, match="died"):
-        pocketsphinx.transcribe_batch([audio], "en")
-    assert "clubs" in pocketsphinx.transcribe_batch([audio], "en")[0].text
+        pocketsphinx.transcribe_batch([audio], DecodeOptions("en"))
+    assert "clubs" in pocketsphinx.transcribe_batch([audio], DecodeOptions("en"))[0].text
 
 
 def test_explicit_pocketsphinx_is_served():
     engine = load_engine(Settings(engine="pocketsphinx"))
     assert (engine.name, engine.model, engine.device) == ("pocketsphinx", "pocketsphinx/en-us", "cpu")
     assert engine.languages == {"auto", "en"}
-
-
-def test_auto_falls_back_to_the_embedded_engine_loudly(tmp_path, caplog):
-    caplog.set_level(logging.WARNING)
-    engine = load_engine(Settings(engine="auto", model=str(tmp_path / "no-such-model")))
-    assert engine.name == "pocketsphinx"
-    assert any("EMBEDDED pocketsphinx" in r.message and "no-such-model" in r.message
-               for r in caplog.records)
 
 
 def test_an_explicit_funasr_model_that_cannot_load_is_a_config_error(tmp_path):

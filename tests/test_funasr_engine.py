@@ -11,6 +11,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from app.engines import DecodeOptions
 from app.engines.base import Transcript
 from app.engines.funasr_engine import (
     SENSEVOICE_LANGUAGES,
@@ -75,7 +76,7 @@ def test_full_size_config_is_sensevoice_small(make_tiny_model):
 
 
 def test_transcribes_librivox_clips(engine, librivox):
-    results = engine.transcribe_batch(librivox, "auto")
+    results = engine.transcribe_batch(librivox, DecodeOptions("auto"))
     assert len(results) == 3
     for result in results:
         assert isinstance(result, Transcript)
@@ -88,8 +89,8 @@ def test_batch_is_one_forward_pass_in_input_order(engine, librivox):
     hook = engine._automodel.model.encoder.register_forward_hook(
         lambda module, inputs, output: batch_sizes.append(inputs[0].shape[0]))
     try:
-        forward = engine.transcribe_batch(librivox, "en")
-        backward = engine.transcribe_batch(librivox[::-1], "en")
+        forward = engine.transcribe_batch(librivox, DecodeOptions("en"))
+        backward = engine.transcribe_batch(librivox[::-1], DecodeOptions("en"))
     finally:
         hook.remove()
     assert batch_sizes == [3, 3]
@@ -99,14 +100,14 @@ def test_batch_is_one_forward_pass_in_input_order(engine, librivox):
 
 def test_empty_and_very_short_clips_do_not_fail_the_batch(engine, librivox):
     clips = [np.zeros(0, np.float32), np.zeros(100, np.float32), librivox[0]]
-    results = engine.transcribe_batch(clips, "auto")
+    results = engine.transcribe_batch(clips, DecodeOptions("auto"))
     assert len(results) == 3
     assert results[0] == Transcript(text="")
 
 
 def test_rejects_unknown_language(engine, librivox):
     with pytest.raises(ValueError, match="fr"):
-        engine.transcribe_batch(librivox[:1], "fr")
+        engine.transcribe_batch(librivox[:1], DecodeOptions("fr"))
 
 
 @pytest.mark.parametrize(("raw", "expected"), [

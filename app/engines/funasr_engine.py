@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.engines.base import Transcript
+from app.engines.base import DecodeOptions, Transcript
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +133,8 @@ class FunASREngine:
     """One funasr.AutoModel; SenseVoice tags become Transcript fields."""
 
     name = "funasr"
+    # SenseVoice's cost follows the clip's length: no reason to merge segments.
+    window_seconds = None
 
     def __init__(self, automodel, model: str, device: str) -> None:
         self._automodel = automodel
@@ -143,7 +145,7 @@ class FunASREngine:
         self.languages = SENSEVOICE_LANGUAGES if self.sensevoice else frozenset({"auto"})
 
     @classmethod
-    def load(cls, model: str, device: str, cache_dir: str | None = None) -> FunASREngine:
+    def load(cls, model: str, device: str, cache_dir: str | None = None, cpu_threads: int = 0) -> FunASREngine:
         """Builds the AutoModel for a local directory or a ModelScope hub id."""
         if _looks_like_path(model):
             # funasr would take a missing directory for a hub id and spend ~25 s
@@ -153,6 +155,9 @@ class FunASREngine:
                 raise FileNotFoundError(reason)
         import torch
         from funasr import AutoModel
+
+        if cpu_threads:
+            torch.set_num_threads(cpu_threads)
 
         # A hub id is resolved to its cached snapshot here (downloading it if
         # missing): handed a hub id, funasr asks the hub on every load and, when
@@ -178,8 +183,9 @@ class FunASREngine:
         log.info("FunASR model %s loaded from %s on %s", model, source, device)
         return cls(automodel, model, device)
 
-    def transcribe_batch(self, audios: list[np.ndarray], language: str) -> list[Transcript]:
+    def transcribe_batch(self, audios: list[np.ndarray], options: DecodeOptions) -> list[Transcript]:
         """One generate() call, hence one padded forward pass, for the whole batch."""
+        language = options.language
         if language not in self.languages:
             raise ValueError(f"language {language!r} is not one of {sorted(self.languages)}")
         clips = [np.ascontiguousarray(audio, dtype=np.float32).reshape(-1) for audio in audios]
