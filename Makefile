@@ -11,7 +11,7 @@ N ?=
 ARGS ?=
 
 .PHONY: setup test run-worker tiny-model serve stop restart status reload \
-        rolling-restart scale monitor logs verify install-system loadtest bench soak fuzz lint
+        rolling-restart scale monitor logs verify install-system loadtest bench soak fuzz long lint
 
 # The stamp makes `make setup` cheap when nothing changed, and re-runs pip
 # whenever requirements.txt does.
@@ -76,6 +76,10 @@ soak: setup
 
 fuzz: setup
 	$(PY) -m pytest -q -m fuzz_long tests
+
+# The 1-hour recording fanned out over a real fleet (~3 min on 2 cores).
+long: setup
+	$(PY) -m pytest -q -m long_recording tests
 
 lint:
 	shellcheck scripts/*.sh .ci/run

@@ -14,7 +14,7 @@ import uuid
 
 import flask
 
-from app import admission, auth, errors, routes
+from app import admission, auth, errors, routers
 from app.jobs import setup as jobs_setup
 from app.metrics import Metrics
 from app.service import Transcriber
@@ -57,12 +57,12 @@ def create_app(settings: Settings | None = None, *, start: bool = True) -> flask
     metrics = Metrics()
     transcriber = Transcriber(settings, metrics)
     app.extensions["asr"] = transcriber
-    app.register_blueprint(routes.bp)
+    transcribing = routers.register(app)
     # /v1/jobs, the planner of long requests and the segment puller (app/jobs/).
-    admitted = routes.TRANSCRIBE_ENDPOINTS | jobs_setup.install(app, transcriber, start=start)
+    admitted = transcribing | jobs_setup.install(app, transcriber, start=start)
     errors.register(app)
     # Request hooks first: a 401 still gets its request ID and is counted.
-    _install_request_hooks(app, settings, metrics)
+    _install_request_hooks(app, settings, metrics, transcribing)
     if settings.api_key_file:
         auth.install(app, auth.load_keys(settings.api_key_file))
     # After the key check: a refused key never takes a slot.
@@ -74,12 +74,13 @@ def create_app(settings: Settings | None = None, *, start: bool = True) -> flask
     return app
 
 
-def _install_request_hooks(app: flask.Flask, settings: Settings, metrics: Metrics) -> None:
+def _install_request_hooks(app: flask.Flask, settings: Settings, metrics: Metrics,
+                           transcribing: frozenset[str]) -> None:
     @app.before_request
     def begin() -> None:
         flask.g.request_id = flask.request.headers.get("X-Request-ID") or uuid.uuid4().hex
         flask.g.started = time.monotonic()
-        flask.g.counted = flask.request.endpoint in routes.TRANSCRIBE_ENDPOINTS
+        flask.g.counted = flask.request.endpoint in transcribing
         if flask.g.counted:
             metrics.request_started()
 

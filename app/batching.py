@@ -86,9 +86,14 @@ class Batcher:
                 "batch_running_s": 0.0 if started is None else round(now - started, 2),
                 "longest_batch_s": round(self.longest_batch_s, 2)}
 
-    def submit(self, audios: list[np.ndarray], options: DecodeOptions, deadline: float) -> list[Job]:
-        """Queues one request's segments, all or none; raises Overloaded when full."""
+    def submit(self, audios: list[np.ndarray], options: DecodeOptions, deadline: float, *,
+               first_alone: bool = False) -> list[Job]:
+        """Queues one request's segments, all or none; raises Overloaded when full.
+        first_alone: the first segment runs in a batch of its own, so a
+        streamed answer's first words take one segment's time, not a batch's."""
         jobs = [Job(audio, options, deadline) for audio in audios]
+        if first_alone and len(jobs) > 1:
+            jobs[0].solo = True
         with self._changed:
             # An empty queue takes any request, so a long recording with more
             # segments than the limit is still served when the worker is idle.

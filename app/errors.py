@@ -61,6 +61,10 @@ class NotFound(ASRError):
     openai_type = "invalid_request_error"
 
 
+class ModelNotFound(NotFound):
+    """A `model` this fleet does not serve (OpenAI's `model_not_found`)."""
+
+
 class Conflict(ASRError):
     """The job is not in a state that has what was asked (a result while running)."""
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from app import cues
 from app.engines.base import Word
 
 
@@ -49,19 +50,20 @@ def _spoken(segments: list[SegmentText]) -> list[SegmentText]:
 
 
 def to_srt(segments: list[SegmentText]) -> str:
-    cues = [
-        f"{index}\n{timestamp(s.start, ',')} --> {timestamp(s.end, ',')}\n{s.text}\n"
-        for index, s in enumerate(_spoken(segments), start=1)
+    # app/cues.py: with word times, cues are cut to readable lengths.
+    rows = [
+        f"{index}\n{timestamp(c.start, ',')} --> {timestamp(c.end, ',')}\n{c.text}\n"
+        for index, c in enumerate(cues.readable(segments), start=1)
     ]
-    return "\n".join(cues)
+    return "\n".join(rows)
 
 
 def to_vtt(segments: list[SegmentText]) -> str:
-    cues = [
-        f"{timestamp(s.start, '.')} --> {timestamp(s.end, '.')}\n{s.text}\n"
-        for s in _spoken(segments)
+    rows = [
+        f"{timestamp(c.start, '.')} --> {timestamp(c.end, '.')}\n{c.text}\n"
+        for c in cues.readable(segments)
     ]
-    return "WEBVTT\n\n" + "\n".join(cues)
+    return "WEBVTT\n\n" + "\n".join(rows)
 
 
 def to_text(segments: list[SegmentText]) -> str:
@@ -71,24 +73,41 @@ def to_text(segments: list[SegmentText]) -> str:
 SCORES = ("avg_logprob", "compression_ratio", "no_speech_prob")
 
 
+def usage(duration: float) -> dict:
+    """OpenAI's usage for audio billed by its length."""
+    return {"type": "duration", "seconds": round(duration, 3)}
+
+
+def to_json(segments: list[SegmentText], *, duration: float, model: str) -> dict:
+    return {"text": to_text(segments), "model": model, "usage": usage(duration)}
+
+
 def to_verbose_json(segments: list[SegmentText], *, language: str, duration: float,
-                    model: str) -> dict:
-    """OpenAI's verbose_json. Scores an engine does not compute are left out,
-    never filled with a made-up constant."""
+                    model: str, task: str = "transcribe",
+                    granularities: frozenset[str] = frozenset({"segment"})) -> dict:
+    """OpenAI's verbose_json: `segments` and/or top-level `words`, as asked.
+    Scores an engine does not compute are left out, never filled with a
+    made-up constant."""
     rows = []
     for index, s in enumerate(_spoken(segments)):
         row = {"id": index, "seek": 0, "start": round(s.start, 3), "end": round(s.end, 3),
                "text": s.text, "tokens": [], "temperature": 0.0}
         row.update({name: getattr(s, name) for name in SCORES if getattr(s, name) is not None})
         rows.append(row)
-    return {
-        "task": "transcribe",
+    body = {
+        "task": task,
         "language": language,
         "duration": round(duration, 3),
         "text": to_text(segments),
         "model": model,
-        "segments": rows,
     }
+    if "segment" in granularities:
+        body["segments"] = rows
+    if "word" in granularities:
+        body["words"] = [{"word": w.word, "start": round(w.start, 3), "end": round(w.end, 3)}
+                         for s in _spoken(segments) for w in s.words]
+    body["usage"] = usage(duration)
+    return body
 
 
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")

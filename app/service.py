@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -20,8 +21,8 @@ from app import vad
 from app.audio import SAMPLE_RATE
 from app.batching import Batcher, wait_all
 from app.engines import DecodeOptions, Engine, Transcript, load_engine
-from app.errors import ASRError, Overloaded, Unprocessable
 from app.engines.base import Word
+from app.errors import ASRError, DeadlineExceeded, Overloaded, Unprocessable
 from app.formats import SegmentText
 from app.metrics import Metrics
 from app.settings import Settings
@@ -124,12 +125,7 @@ class Transcriber:
                    timeout: float | None = None) -> Transcription:
         """timeout: this request's deadline in seconds (app/jobs/pace.py sets
         it from the audio's length); None is ASR_REQUEST_TIMEOUT."""
-        engine = self._ready_engine()
-        segments = self.segmenter.split(samples) if use_vad else vad.whole(samples)
-        if engine.window_seconds:
-            windows = vad.merge(segments, engine.window_seconds)
-        else:
-            windows = [vad.Window((segment,)) for segment in segments]
+        windows = self._windows(samples, use_vad)
         deadline = time.monotonic() + (timeout or self.settings.request_timeout_seconds)
         jobs = self.batcher.submit([w.cut(samples) for w in windows], options, deadline)
         try:
@@ -149,6 +145,58 @@ class Transcriber:
             raise ASRError(f"transcription failed for all {failed} segments")
         detected = languages.most_common(1)[0][0] if languages else options.language
         return Transcription(done, failed, detected, len(samples) / SAMPLE_RATE)
+
+    def _windows(self, samples: np.ndarray, use_vad: bool) -> list[vad.Window]:
+        engine = self._ready_engine()
+        segments = self.segmenter.split(samples) if use_vad else vad.whole(samples)
+        if engine.window_seconds:
+            return vad.merge(segments, engine.window_seconds)
+        return [vad.Window((segment,)) for segment in segments]
+
+    def stream(self, samples: np.ndarray, options: DecodeOptions, *, timeout: float | None = None,
+               poll_s: float = 1.0) -> Iterator[list[SegmentText] | None]:
+        """Each window's segments as soon as it and every window before it
+        are done, in order; None every `poll_s` while waiting, so a streaming
+        caller writes a keep-alive (and learns that its client has gone).
+        Closing the generator cancels the windows still queued: a client that
+        left costs no more model time. VAD and queueing happen here, before
+        the first event, so a full queue is still a plain 503."""
+        windows = self._windows(samples, use_vad=True)
+        deadline = time.monotonic() + (timeout or self.settings.request_timeout_seconds)
+        jobs = self.batcher.submit([w.cut(samples) for w in windows], options, deadline, first_alone=True)
+        return self._in_order(windows, jobs, deadline, poll_s)
+
+    def _in_order(self, windows: list[vad.Window], jobs: list, deadline: float,
+                  poll_s: float) -> Iterator[list[SegmentText] | None]:
+        done = failed = 0
+        try:
+            for window, job in zip(windows, jobs):
+                outcome = _await(job, deadline, poll_s)
+                while outcome is None:
+                    yield None
+                    outcome = _await(job, deadline, poll_s)
+                if isinstance(outcome, Exception):
+                    failed += 1
+                    continue
+                done += 1
+                yield _timed(window, outcome)
+        finally:
+            self.batcher.cancel(jobs)
+        if failed and not done:
+            raise ASRError(f"transcription failed for all {failed} segments")
+
+
+def _await(job, deadline: float, poll_s: float) -> Transcript | Exception | None:
+    """The job's outcome, or None when `poll_s` passed first."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise DeadlineExceeded("request took longer than the per-request deadline")
+    try:
+        return job.future.result(timeout=min(poll_s, remaining))
+    except TimeoutError:
+        return None
+    except Exception as error:  # noqa: BLE001 - reported per segment, as in wait_all
+        return error
 
 
 def _timed(window: vad.Window, outcome: Transcript) -> list[SegmentText]:

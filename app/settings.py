@@ -88,11 +88,16 @@ class Settings:
     # Speed assumed (engine seconds per audio second) until a worker has
     # measured its own; on the slow side, so a fresh fleet refuses too much
     # rather than starting what it cannot finish.
-    assumed_rtf: float = 0.5
+    assumed_rtf: float = 0.3
     # Longest audio a job may hold (a job is decoded whole: ~4 bytes a sample).
     max_job_audio_seconds: float = 4 * 3600.0
     # Finished jobs (their audio and results) are deleted after this.
     job_retention_seconds: float = 24 * 3600.0
+    # Queue segments a worker holds at once. A short request arriving
+    # meanwhile waits for at most these in its batcher, so keep it small on
+    # a CPU (a 30 s window is seconds of work); on a GPU set it to
+    # ASR_BATCH_MAX_ITEMS so pulled windows fill whole batches.
+    pull_max_items: int = 2
     # A worker whose heartbeat is older than this is dead: its segments go
     # back to the queue. Heartbeats come every second.
     worker_stale_seconds: float = 5.0
@@ -132,6 +137,7 @@ class Settings:
             "ASR_MAX_JOB_AUDIO_SECONDS": self.max_job_audio_seconds,
             "ASR_JOB_RETENTION_SECONDS": self.job_retention_seconds,
             "ASR_WORKER_STALE_SECONDS": self.worker_stale_seconds,
+            "ASR_PULL_MAX_ITEMS": self.pull_max_items,
         }
         for name, value in positive.items():
             if value <= 0:
@@ -191,6 +197,7 @@ class Settings:
         take("ASR_MAX_JOB_AUDIO_SECONDS", "max_job_audio_seconds", float)
         take("ASR_JOB_RETENTION_SECONDS", "job_retention_seconds", float)
         take("ASR_WORKER_STALE_SECONDS", "worker_stale_seconds", float)
+        take("ASR_PULL_MAX_ITEMS", "pull_max_items", int)
         mb = env.get("ASR_MAX_UPLOAD_MB")
         if mb:
             try:

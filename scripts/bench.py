@@ -28,6 +28,7 @@ if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_doc
 import bench_env
+import bench_fanout
 import bench_http
 import bench_lab
 import bench_models
@@ -42,6 +43,7 @@ BENCHMARKS = {
     "rtf": bench_models.rtf,
     "whisper_stack": bench_whisper.stack,
     "profile": bench_profile.profile,
+    "fanout": bench_fanout.fanout,
 }
 DOC = bench_env.REPO / "docs" / "benchmarks.md"
 

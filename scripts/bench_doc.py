@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bench_doc_profile
+import bench_fanout
 from bench_env import MIXED
 
 INTRO = """\
@@ -178,7 +179,8 @@ SECTIONS = [("overhead", "1. Stack overhead", overhead), ("scaling", "2. Scaling
             ("batching", "3. Batching", batching), ("balancing", "4. Balancing", balancing),
             ("rtf", "5. Engines: real-time factor per core", rtf),
             ("whisper_stack", "6. Whisper: the worker against faster-whisper itself", whisper_stack),
-            ("profile", "Profile", bench_doc_profile.render)]
+            ("profile", "Profile", bench_doc_profile.render),
+            ("fanout", "7. Fan-out: one long recording over the fleet", bench_fanout.render)]
 
 
 def summary(results: dict) -> str:
@@ -209,6 +211,10 @@ def summary(results: dict) -> str:
                                                         else " (no measurable difference)"), "at most 5%"])
         rows.append(["Whisper base worker: ready after start / resident memory",
                      f"{r['ready_s']} s / {r['resident_mb']} MB", "10 s / 700 MB"])
+    r = results.get("fanout", {})
+    if "speedup" in r:
+        rows.append([f"fan-out: {r['minutes']}-minute recording, 2 workers vs 1 (one core each)",
+                     f"{r['speedup']:.2f}x", "at least 1.6x"])
     for name, x in results.get("rtf", {}).get("table", {}).items():
         rows.append([f"CPU RTF per core, {name}", _f(x["cpu_rtf"], 3), ""])
     return "## Summary\n\n" + _table(["figure", "measured", "target"], rows) if rows else ""

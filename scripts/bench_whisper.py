@@ -13,7 +13,6 @@ import statistics
 import time
 
 import psutil
-
 from bench_env import MIXED, audio_set, machine
 from bench_http import _strip, alternate, http_run, pooled
 from bench_inprocess import Pipeline

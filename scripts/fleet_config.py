@@ -37,6 +37,9 @@ DEFAULTS: dict[str, dict] = {
         "max_upload_mb": 100, "request_timeout_s": 300, "queue_max_items": 256,
         "max_concurrent": 2, "max_concurrent_gpu": 8, "graceful_timeout_s": 30, "startsecs": 20,
         "stopwaitsecs": None, "startretries": 3, "log_maxbytes": "50MB", "log_backups": 5, "env": {},
+        # Long recordings (app/jobs/): the shared SQLite store ("" = jobs.db in
+        # the run folder), the longest synchronous wait, job retention.
+        "job_db": "", "max_sync_s": 1800, "job_retention_s": 86400,
     },
     "nginx": {
         "worker_processes": "auto", "max_fails": 0, "fail_timeout_s": 10, "next_upstream_tries": 3,
@@ -59,7 +62,7 @@ DEFAULTS: dict[str, dict] = {
 INSTANCE_KEYS = {"port", "device", "weight", "env", "max_concurrent"}
 # Knobs that must be positive numbers (rate_limit_per_s: 0 means off).
 POSITIVE = {"worker": ("max_upload_mb", "request_timeout_s", "queue_max_items", "graceful_timeout_s",
-                       "max_concurrent", "max_concurrent_gpu"),
+                       "max_concurrent", "max_concurrent_gpu", "max_sync_s", "job_retention_s"),
             "nginx": ("client_body_timeout_s", "rate_limit_burst", "retry_after_s"),
             "health": ("stuck_after_s", "stuck_factor")}
 

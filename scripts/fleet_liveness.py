@@ -5,11 +5,13 @@ A late /health answer is not a failure. Every round ends in one verdict:
 
   ok       /health answered 200 (busy or idle: `busy` in the body says which)
   loading  503 "loading": Supervisor's business until health.max_load_s
-  busy     no answer in time, but the process tree used CPU since the last
-           round: a saturated machine, not a dead worker. Never held against it
-  stuck    no answer and (almost) no CPU used, or a stopped process (SIGSTOP,
-           a debugger); or no answer for longer than the stuck deadline; or an
-           answer saying one engine call has run past the stuck deadline
+  busy     no answer in time, but the process tree ran or waited to run on a
+           CPU since the last round: a saturated machine, not a dead worker.
+           Never held against it
+  stuck    no answer and (almost) no time running or runnable, or a stopped
+           process (SIGSTOP, a debugger); or no answer for longer than the
+           stuck deadline; or an answer saying one engine call has run past
+           the stuck deadline
   dead     refused, or an error status ("broken": the model thread is gone)
 
 The stuck deadline is max(stuck_after_s, stuck_factor x the longest engine
@@ -22,13 +24,17 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 
 import psutil
 
-# Below this share of one core since the last round, a process that does not
-# answer is not working: a frozen tree uses 0, an idle Gunicorn worker about
-# 0.1% (its heartbeat and parent checks), a starved busy one tens of percent.
-MIN_CPU_FRACTION = 0.02
+# Below this share of the wall time spent running or waiting for a CPU
+# (summed over the tree's threads) since the last round, a process that does
+# not answer is not working: a frozen or deadlocked tree spends 0, an idle
+# Gunicorn worker about 0.1% (its heartbeat and parent checks). Waiting counts:
+# on a saturated machine a worker that wants a CPU is starved, not stuck, even
+# when it gets very little CPU.
+MIN_ACTIVE_FRACTION = 0.02
 
 
 @dataclasses.dataclass
@@ -46,49 +52,69 @@ class Track:
     longest_batch_s: float = 0.0
     body: dict | None = None
     checked: str = ""
-    # CPU sample of the process tree: (pid, when, cpu seconds).
-    sample: tuple[int, float, float] | None = None
+    # Activity sample of the process tree: (pid, when, {thread id: ns}).
+    sample: tuple[int, float, dict[int, int]] | None = None
     restarting_since: float | None = None
     last_fatal_start: float = 0.0
 
 
-def tree_cpu(pid: int) -> tuple[float, bool] | None:
-    """CPU seconds used by a process and its descendants (reaped children
-    included, so the sum never goes back), and whether any is stopped."""
+def tree_activity(pid: int) -> tuple[dict[int, int], bool] | None:
+    """Nanoseconds each thread of a process and its descendants has spent
+    running or runnable (/proc/<pid>/task/<tid>/schedstat), and whether any
+    process is stopped. None when the process is gone."""
     try:
         root = psutil.Process(pid)
         procs = [root] + root.children(recursive=True)
     except psutil.Error:
         return None
-    cpu, stopped = 0.0, False
+    threads, stopped = {}, False
     for proc in procs:
         try:
-            times = proc.cpu_times()
-            cpu += times.user + times.system + times.children_user + times.children_system
             stopped |= proc.status() in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
+            tids = [t.id for t in proc.threads()]
         except psutil.Error:
-            pass
-    return cpu, stopped
+            continue
+        for tid in tids:
+            try:
+                run_ns, wait_ns, _ = Path(f"/proc/{proc.pid}/task/{tid}/schedstat").read_text().split()
+                threads[tid] = int(run_ns) + int(wait_ns)
+            except (OSError, ValueError):
+                pass
+    return threads, stopped
+
+
+def active_fraction(before: dict[int, int], after: dict[int, int], seconds: float) -> float:
+    """Share of `seconds` the threads spent running or runnable: a thread
+    seen twice counts its growth, a new one all of it, a gone one nothing
+    (so the sum never goes back)."""
+    spent = sum(ns - before.get(tid, 0) for tid, ns in after.items() if ns >= before.get(tid, 0))
+    return spent / 1e9 / seconds
 
 
 def stuck_deadline(health: dict, track: Track) -> float:
     return max(health["stuck_after_s"], health["stuck_factor"] * track.longest_batch_s)
 
 
+def answered(track: Track, body: dict, when: float) -> None:
+    """Records an answer, in time or late (a late one still shows the
+    instance alive: the poller asks again patiently after a timeout)."""
+    track.last_answer, track.body = max(track.last_answer, when), body
+    track.longest_batch_s = max(track.longest_batch_s, body.get("longest_batch_s") or 0.0)
+
+
 def judge(track: Track, result: tuple, pid: int | None, health: dict, now: float) -> None:
     """Sets track.verdict and track.reason from one probe result and the
     process tree's CPU since the previous round."""
     outcome, body, error = result
-    cpu_fraction, stopped = None, False
-    sample = tree_cpu(pid) if pid else None
+    active, stopped = None, False
+    sample = tree_activity(pid) if pid else None
     if sample is not None:
-        cpu, stopped = sample
+        threads, stopped = sample
         if track.sample and track.sample[0] == pid and now > track.sample[1]:
-            cpu_fraction = max(cpu - track.sample[2], 0.0) / (now - track.sample[1])
-        track.sample = (pid, now, cpu)
+            active = active_fraction(track.sample[2], threads, now - track.sample[1])
+        track.sample = (pid, now, threads)
     if body is not None:
-        track.last_answer, track.body = now, body
-        track.longest_batch_s = max(track.longest_batch_s, body.get("longest_batch_s") or 0.0)
+        answered(track, body, now)
     deadline = stuck_deadline(health, track)
     if outcome == "ok":
         running = body.get("batch_running_s") or 0.0
@@ -103,13 +129,17 @@ def judge(track: Track, result: tuple, pid: int | None, health: dict, now: float
         track.verdict, track.reason = "dead", error
     elif stopped:
         track.verdict, track.reason = "stuck", "no answer; the process is stopped"
-    elif cpu_fraction is not None and cpu_fraction < MIN_CPU_FRACTION:
-        track.verdict, track.reason = "stuck", f"no answer and no CPU used ({cpu_fraction:.1%} of a core)"
+    elif active is not None and active < min(MIN_ACTIVE_FRACTION,
+                                             0.5 * health["timeout_s"] / health["interval_s"]):
+        # (A probe that timed out for want of a CPU kept a thread runnable for
+        # timeout_s: a starved worker is always above this bound.)
+        track.verdict, track.reason = "stuck", f"no answer, and its threads neither ran nor waited to " \
+                                               f"run ({active:.1%} of the time)"
     elif now - track.last_answer > deadline:
         track.verdict, track.reason = "stuck", f"no answer for {now - track.last_answer:.0f} s " \
                                                f"(stuck deadline {deadline:.0f} s)"
     else:
-        share = "" if cpu_fraction is None else f", {cpu_fraction:.0%} of a core"
+        share = "" if active is None else f" ({active:.0%} of a CPU running or runnable)"
         track.verdict, track.reason = "busy", f"answer late ({error}), working{share}"
 
 
@@ -121,7 +151,8 @@ def count(track: Track, health: dict, now: float) -> None:
         track.loading_since = now
     if track.verdict == "ok":
         track.oks, track.bad, track.ever_healthy = track.oks + 1, 0, True
-        track.restarting_since = None
+        if track.oks >= health["restore_after"]:
+            track.restarting_since = None  # back, as the poller restores it
     elif track.verdict == "busy":
         track.oks, track.bad = 0, 0
     elif track.verdict in ("stuck", "dead"):

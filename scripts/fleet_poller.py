@@ -15,8 +15,8 @@ fleet-status.json (served at /fleet).
 
 from __future__ import annotations
 
+import concurrent.futures
 import http.client
-import json
 import os
 import signal
 import sys
@@ -28,11 +28,12 @@ from pathlib import Path
 import fleet_capacity as capacity
 import fleet_liveness as liveness
 import fleet_state as fs
+import fleet_status
 from fleet_actions import scale_to
 from fleet_autoscale import Autoscaler
-from fleet_config import front_url, read_resolved, write_atomic
+from fleet_config import read_resolved
 from fleet_nginx import change_state
-from fleet_supervisor import STOPPED_STATES, Supervisor, probe_all
+from fleet_supervisor import STOPPED_STATES, Supervisor, probe, probe_all
 
 
 class Poller:
@@ -41,6 +42,9 @@ class Poller:
         self.mtime = 0.0
         self.tracks: dict[str, liveness.Track] = {}
         self.notes: dict[str, str] = {}
+        # Second, patient probes of instances whose /health timed out.
+        self.patient: dict[str, concurrent.futures.Future] = {}
+        self.pool = concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix="patient")
         self.action: threading.Thread | None = None
         self.stopping = False
         self._load()
@@ -70,11 +74,11 @@ class Poller:
                 time.sleep(min(0.1, max(end - time.monotonic(), 0)))
         fs.log_event(self.resolved, "poller: stopped")
 
-    def _note(self, name: str, message: str | None) -> None:
+    def _note(self, key: str, message: str | None) -> None:
         """Logs a held-back action once, not every round."""
-        if message and self.notes.get(name) != message:
+        if message and self.notes.get(key) != message:
             fs.log_event(self.resolved, message)
-        self.notes[name] = message or ""
+        self.notes[key] = message or ""
 
     def tick(self) -> None:
         self._load()
@@ -94,6 +98,7 @@ class Poller:
             track = self.tracks.setdefault(name, liveness.Track())
             track.checked = fs.now_iso()
             running = sup_states.get(name) == "RUNNING"
+            self._patient(inst, track, results[name][0])
             liveness.judge(track, results[name], infos[name]["pid"] if running else None, health, now)
             if name not in state["maintenance"]:
                 liveness.count(track, health, now)
@@ -103,7 +108,22 @@ class Poller:
                 self._restart_or_start(inst, self.tracks[inst["name"]], sup_states.get(inst["name"], "UNKNOWN"),
                                        infos.get(inst["name"], {}), now)
         self._autoscale(state, active)
-        self._write_status(state, sup_states, results)
+        fleet_status.write(self.resolved, state, self.tracks, sup_states, results)
+
+    def _patient(self, inst: dict, track: liveness.Track, outcome: str) -> None:
+        """After a timeout, asks again in the background with all the time
+        the stuck deadline allows: a late answer is still an answer, and an
+        instance that gives one is busy, however long it took."""
+        name = inst["name"]
+        future = self.patient.get(name)
+        if future is not None and future.done():
+            del self.patient[name]
+            when, (_, body, _) = future.result()
+            if body is not None:
+                liveness.answered(track, body, when)
+        if outcome == "timeout" and name not in self.patient:
+            timeout = liveness.stuck_deadline(self.resolved["health"], track)
+            self.patient[name] = self.pool.submit(_timed_probe, inst["port"], timeout)
 
     def _eject_and_restore(self, state: dict, active: list[dict]) -> dict:
         resolved, health = self.resolved, self.resolved["health"]
@@ -117,9 +137,9 @@ class Poller:
                 continue
             blocker = liveness.eject_blocker(name, names, out, self.tracks)
             if blocker:
-                self._note(name, f"{name}: {track.verdict} ({track.reason}), kept in the upstream: {blocker}")
+                self._note(f"{name} eject", f"{name}: {track.verdict}, kept in the upstream: {blocker}")
                 continue
-            self._note(name, None)
+            self._note(f"{name} eject", None)
             eject[name] = f"{track.verdict}: {track.bad} bad checks, last: {track.reason}"
             out.add(name)
         if not (eject or restore):
@@ -130,10 +150,10 @@ class Poller:
             for name in restore:
                 s["ejected"].pop(name, None)
         change_state(resolved, apply)
-        for name, reason in eject.items():
-            fs.log_event(resolved, f"{name}: healthy -> ejected from the upstream ({reason})")
         for name in restore:
             fs.log_event(resolved, f"{name}: ejected -> healthy, back in the upstream")
+        for name, reason in eject.items():
+            fs.log_event(resolved, f"{name}: healthy -> ejected from the upstream ({reason})")
         return fs.read_state(self.run_dir, resolved)
 
     def _restart_or_start(self, inst: dict, track: liveness.Track, sup_state: str, info: dict,
@@ -153,8 +173,9 @@ class Poller:
         elif sup_state == "RUNNING" and track.bad >= health["restart_after"] and track.restarting_since is None:
             blocker = liveness.restart_blocker(name, self.tracks)
             if blocker:
-                self._note(name, f"{name}: {track.verdict} ({track.reason}), restart held back: {blocker}")
+                self._note(f"{name} restart", f"{name}: {track.verdict}, restart held back: {blocker}")
                 return
+            self._note(f"{name} restart", None)
             track.restarting_since, track.bad = now, 0
             if track.verdict == "stuck":
                 # Nothing it holds can finish: kill the whole group at once
@@ -179,7 +200,7 @@ class Poller:
             return
         serving = [(inst, t) for inst in active if (t := self.tracks.get(inst["name"]))
                    and t.verdict in ("ok", "busy") and t.body and inst["name"] not in state["ejected"]]
-        values = [_load(inst, t, knobs["metric"]) for inst, t in serving]
+        values = [fleet_status.load_of(inst, t, knobs["metric"]) for inst, t in serving]
         value = sum(values) / len(values) if values else None
         room, why_not = True, ""
         if state["size"] < resolved["max_instances"]:
@@ -205,53 +226,9 @@ class Poller:
         except Exception as error:
             fs.log_event(self.resolved, f"autoscale to {size} failed: {error}")
 
-    def _write_status(self, state: dict, sup_states: dict, results: dict) -> None:
-        members = {m["name"]: m for m in fs.upstream_members(self.resolved, state)}
-        instances = []
-        for index, inst in enumerate(self.resolved["instances"]):
-            name, track = inst["name"], self.tracks.get(inst["name"])
-            outcome, body, error = results.get(name, ("unchecked", None, ""))
-            active = index < state["size"]
-            verdict = track.verdict if track and active else outcome
-            instances.append({
-                "name": name, "port": inst["port"], "device": inst["device"], "weight": inst["weight"],
-                "max_concurrent": inst["max_concurrent"], "cpu_threads": inst["cpu_threads"],
-                "active": active, "in_upstream": name in members and not members[name]["down"],
-                "state": ("maintenance" if name in state["maintenance"] else
-                          "ejected" if name in state["ejected"] else verdict if active else "spare"),
-                "verdict": verdict, "reason": (track.reason if track and active else error) or None,
-                "ejected_reason": state["ejected"].get(name),
-                "supervisor": sup_states.get(name, "UNKNOWN"),
-                "restarting": bool(track and track.restarting_since is not None),
-                "health": body, "last_error": error or None,
-                "last_check": track.checked if track else None,
-                "consecutive_failures": track.bad if track else 0,
-                "busy": verdict == "busy" or bool((body or {}).get("busy")),
-                "queue_depth": (body or {}).get("queue_depth"), "in_flight": (body or {}).get("in_flight"),
-                "batches_done": (body or {}).get("batches_done"),
-            })
-        status = {
-            "updated": fs.now_iso(), "front": front_url(self.resolved),
-            "engine": self.resolved["engine"], "model": self.resolved["model"],
-            "balancing": self.resolved["balancing"], "size": state["size"],
-            "min_instances": self.resolved["min_instances"], "max_instances": self.resolved["max_instances"],
-            "cores": self.resolved["cores"],
-            "healthy": sum(1 for i in instances if i["active"] and i["state"] in ("ok", "busy")),
-            # Requests the fleet takes at once (the sum of max_conns in the
-            # upstream); past it Nginx answers 503 with Retry-After at once.
-            "capacity": sum(i["max_concurrent"] for i in instances if i["active"] and i["in_upstream"]),
-            "instances": instances,
-        }
-        write_atomic(self.run_dir / "fleet-status.json", json.dumps(status, indent=1) + "\n")
-
-
-def _load(inst: dict, track: liveness.Track, metric: str) -> float:
-    """An instance's load for the autoscaler; one that answers late is full."""
-    if metric == "utilization":
-        if track.verdict == "busy":
-            return 1.0
-        return track.body.get("in_flight", 0) / inst["max_concurrent"]
-    return track.body.get(metric, 0)
+def _timed_probe(port: int, timeout: float) -> tuple[float, tuple]:
+    result = probe(port, timeout)
+    return time.monotonic(), result
 
 
 def poll(run_dir: Path, once: bool = False) -> None:

@@ -35,6 +35,10 @@ def supervisor_env(resolved: dict, inst: dict) -> str:
         "CUDA_VISIBLE_DEVICES": inst["cuda_visible_devices"],
         "ASR_MAX_UPLOAD_MB": worker["max_upload_mb"], "ASR_REQUEST_TIMEOUT": worker["request_timeout_s"],
         "PYTHONUNBUFFERED": "1",
+        # Every instance shares one job store: the segment queue of long
+        # recordings and the jobs, kept across restarts (app/jobs/).
+        "ASR_JOB_DB": worker["job_db"] or f"{resolved['run_dir']}/jobs.db",
+        "ASR_MAX_SYNC_SECONDS": worker["max_sync_s"], "ASR_JOB_RETENTION_SECONDS": worker["job_retention_s"],
     }
     if "queue_max_items" in worker:
         env["ASR_QUEUE_MAX_ITEMS"] = worker["queue_max_items"]

@@ -29,17 +29,20 @@ def ensure_system_packages() -> None:
 
 def prefetch(resolved: dict) -> None:
     """Makes the model local once, before the workers start (never once per
-    worker): downloads a hub model, or assembles the embedded Whisper model
-    from its packages."""
+    worker): downloads a hub model or assembles the embedded Whisper model.
+    An explicitly named model that cannot be had stops the start here."""
     sys.path.insert(0, str(REPO))
-    from app.engines import prefetch as prefetch_model
-    from app.errors import ConfigError
-    from app.settings import Settings
-
-    env = {"ASR_ENGINE": resolved["engine"], "ASR_MODEL": resolved["model"],
-           "ASR_MODEL_CACHE": resolved["model_cache"], **resolved["worker"]["env"]}
     try:
-        print(f"fleet: the workers will serve {prefetch_model(Settings.from_env(env))}", flush=True)
+        from app import engines
+        from app.errors import ConfigError
+        from app.settings import Settings
+    except ImportError as error:
+        print(f"fleet: cannot prefetch ({error}); workers decide on their own", file=sys.stderr)
+        return
+    try:
+        settings = Settings(engine=resolved["engine"], model=resolved["model"],
+                            model_cache_dir=resolved["model_cache"] or None)
+        print(f"fleet: serving {engines.prefetch(settings)}", flush=True)
     except ConfigError as error:
         raise FleetError(f"engine = \"{resolved['engine']}\": {error}") from None
 
@@ -118,7 +121,7 @@ def print_welcome(resolved: dict, health: dict) -> None:
     audio = os.path.relpath(SHARED_AUDIO / "jfk.flac") if (SHARED_AUDIO / "jfk.flac").exists() else "FILE"
     print(f"\nASR fleet up: {active} instance(s) behind {front}\n"
           f"  model:  {health.get('model')} (engine {health.get('engine')}, {health.get('device')})")
-    if resolved["engine"] == "auto" and health.get("engine") == "pocketsphinx":
+    if resolved["engine"] == "auto" and health.get("engine") != "funasr":
         print(f"  note:   {resolved['model']} was not available; auto serves the embedded engine")
     print(f"  try:    curl -F file=@{audio} {front}/asr\n"
           f"  watch:  make status | make monitor | curl {front}/fleet\n  stop:   make stop")

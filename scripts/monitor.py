@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """The fleet monitor (scripts/monitor.sh runs it).
 
-    monitor.py [--run-dir run] [--watch [--interval S]] [--json] [--log-dir DIR]
+    monitor.py [--run-dir run] [--watch [--interval S]] [--json] [--log-dir DIR] [--check]
 
 One table per snapshot: every instance's port, device, Supervisor state,
 health, queue, requests, errors, p95 latency and real-time factor (from its
 /health and /stats), GPUs from nvidia-smi when present, host load and memory,
 fleet totals. --json appends each snapshot as a JSON line under the log
 folder. Alerts (an active instance down, any instance FATAL in Supervisor,
-error rate or p95 over the fleet file's thresholds) are printed and appended to <run>/logs/alerts.log.
+error rate or p95 over the fleet file's thresholds) are printed and appended to
+<run>/logs/alerts.log; with --check the exit status is 1 while one is raised.
 """
 
 from __future__ import annotations
@@ -188,6 +189,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--json", action="store_true", help="append each snapshot to the log folder")
     parser.add_argument("--log-dir", type=Path, help="where --json writes (default monitor.log_dir)")
     parser.add_argument("--count", type=int, default=0, help="with --watch: stop after this many")
+    # A person glancing at the table wants exit 0 under a good report; a
+    # script asks for the verdict.
+    parser.add_argument("--check", action="store_true", help="exit 1 when an alert is raised (for scripts)")
     args = parser.parse_args(argv)
     try:
         resolved = fc.read_resolved(args.run_dir)
@@ -217,7 +221,7 @@ def main(argv: list[str]) -> int:
             print(table(snap), flush=True)
             shown += 1
             if not args.watch or (args.count and shown >= args.count):
-                return 1 if snap["alerts"] else 0
+                return 1 if args.check and snap["alerts"] else 0
             print()
             time.sleep(interval)
     except KeyboardInterrupt:

@@ -5,6 +5,7 @@
 #   scripts/monitor.sh            one table
 #   scripts/monitor.sh --watch    redraw every monitor.interval_s
 #   scripts/monitor.sh --json     also append the snapshot to the log folder
+#   scripts/monitor.sh --check    exit 1 when an alert is raised (for scripts)
 # Alerts (instances down, error rate, p95) go to <run>/logs/alerts.log.
 # The logic is scripts/monitor.py; this wrapper finds the virtualenv.
 set -euo pipefail

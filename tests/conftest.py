@@ -106,6 +106,24 @@ class Worker:
         self._log.close()
 
 
+@pytest.fixture(scope="module")
+def module_worker(tmp_path_factory):
+    """Starts real Gunicorn workers shared by one test module's cases:
+    `module_worker(ASR_ENGINE="whisper", ...)` returns a ready Worker."""
+    workers: list[Worker] = []
+
+    def start(**env: str) -> Worker:
+        folder = tmp_path_factory.mktemp(env.get("ASR_INSTANCE_NAME", "worker"))
+        worker = Worker(env, folder / "worker.log")
+        workers.append(worker)
+        worker.wait_ready()
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()
+
+
 @pytest.fixture()
 def start_worker(tmp_path):
     """Starts real Gunicorn workers with extra ASR_* variables; stops them after."""

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import psutil
@@ -22,6 +25,37 @@ CLIPS = [SHARED_AUDIO / f"cards00{n}.wav" for n in range(1, 6)]
 sys.path.insert(0, str(REPO / "scripts"))
 
 from bench_lab import free_ports  # noqa: E402  (one port finder for tests and benchmarks)
+
+
+def free_port_range(count: int) -> int:
+    """The first of `count` consecutive free loopback ports (the fleet file's
+    shorthand numbers its instances base_port + n)."""
+    for _ in range(200):
+        base = random.randrange(20000, 60000 - count)
+        socks = []
+        try:
+            for port in range(base, base + count):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise AssertionError(f"no {count} consecutive free ports")
+
+
+def require(present: bool, what: str) -> None:
+    """A missing component skips a developer's run and fails CI's, where a
+    skip would hide a broken setup."""
+    if not present:
+        import pytest
+
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true and {what}")
+        pytest.skip(what)
 
 
 def merge(*dicts: dict) -> dict:
@@ -93,6 +127,29 @@ class Fleet:
         self.tables = merge(BASE_TABLES, {"worker": {"max_upload_mb": max_upload_mb}}, tables or {})
         self.write_config()
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("FLEET_", "ASR_"))}
+
+    @classmethod
+    def like(cls, root: Path, source: Path) -> Fleet:
+        """The fleet `source` describes, unchanged (shape, engine, balancing,
+        admission, poller, scaling) but for its ports and run folder."""
+        raw = tomllib.loads(source.read_text())
+        if "instance" in raw:
+            raise ValueError("Fleet.like takes a shorthand fleet file")
+        fleet = cls.__new__(cls)
+        fleet.root, fleet.run_dir, fleet.config = root, root / "run", root / "fleet.toml"
+        size = raw.get("max_instances") or raw.get("instances", 3)
+        fleet.front_port, base = free_ports(1)[0], free_port_range(size)
+        fleet.ports = list(range(base, base + size))
+        fleet.url = f"http://127.0.0.1:{fleet.front_port}"
+        fleet.names = [f"asr-{port}" for port in fleet.ports]
+        fleet.weights = {name: 1 for name in fleet.names}
+        fleet.top = {k: v for k, v in raw.items() if not isinstance(v, dict)}
+        fleet.top.update(front_port=fleet.front_port, base_port=base)
+        fleet.instances = []
+        fleet.tables = {k: v for k, v in raw.items() if isinstance(v, dict)}
+        fleet.write_config()
+        fleet.env = {k: v for k, v in os.environ.items() if not k.startswith(("FLEET_", "ASR_"))}
+        return fleet
 
     def write_config(self, extra: str = "", tables: dict | None = None) -> None:
         """The fleet file: the fleet's tables with `tables` merged in, then `extra` text."""

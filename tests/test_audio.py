@@ -2,7 +2,6 @@
 
 import io
 import struct
-import subprocess
 
 import numpy as np
 import pytest

@@ -428,7 +428,7 @@ ROWS = [
     Row("unknown-language", speech_file, ASR, 422,
         "language 'klingon' is not supported by pocketsphinx/en-us",
         form={"lang": "klingon"}),
-    Row("language-the-model-lacks-openai", speech_file, OPENAI, 422, "language 'zh' is not supported",
+    Row("language-the-model-lacks-openai", speech_file, OPENAI, 400, "language 'zh' is not supported",
         form={"language": "zh"}),
     Row("language-with-nul-and-bidi", speech_file, ASR, 422, "is not supported",
         form={"lang": "\u202een\x00"}),
@@ -437,7 +437,7 @@ ROWS = [
         form={"response_format": "xml"}),
     Row("one-megabyte-response-format", speech_file, OPENAI, 400, "is not one of json, text, srt",
         form={"response_format": "y" * 2**20}),
-    Row("word-timestamps", speech_file, OPENAI, 400, "supports only 'segment'",
+    Row("word-timestamps", speech_file, OPENAI, 400, "engine does not time words",
         form={"timestamp_granularities[]": "word"}),
     # What phones and most recorders write: the index after the data. ffmpeg
     # reads it from an in-memory file it can seek in.

@@ -260,7 +260,7 @@ def test_a_worker_that_cannot_load_its_model_is_fatal_alerted_and_siblings_serve
         log = (settled.run_dir / "logs" / f"{name}.log").read_text()
         lines = [line for line in log.splitlines() if "model load failed" in line]
         assert lines and all(words in line for line in lines), log[-2000:]
-    monitor = subprocess.run([str(REPO / "scripts" / "monitor.sh"), "--run-dir", str(settled.run_dir)],
+    monitor = subprocess.run([str(REPO / "scripts" / "monitor.sh"), "--check", "--run-dir", str(settled.run_dir)],
                              capture_output=True, text=True, timeout=60, env=settled.env)
     assert monitor.returncode == 1, monitor.stdout + monitor.stderr
     alerts = (settled.run_dir / "logs" / "alerts.log").read_text()

@@ -145,3 +145,16 @@ def test_a_model_that_cannot_be_had_is_a_one_line_config_error(model, reason):
     with pytest.raises(ConfigError, match=reason) as error:
         load_engine(Settings(engine="whisper", model=model))
     assert "\n" not in str(error.value)
+
+
+def test_a_size_name_loads_from_the_hugging_face_cache_offline(tmp_path):
+    # The cache layout huggingface_hub writes, holding real CTranslate2 files
+    # (tiny.en's, under the name "tiny": nothing here checks the weights).
+    entry = tmp_path / "hub" / "models--Systran--faster-whisper-tiny"
+    shutil.copytree(whisper_models.resolve("tiny.en"), entry / "snapshots" / "0123abcd")
+    (entry / "refs").mkdir()
+    (entry / "refs" / "main").write_text("0123abcd")
+    engine = load_engine(Settings(engine="whisper", model="tiny", whisper_cache_dir=str(tmp_path)))
+    assert (engine.name, engine.model) == ("whisper", "whisper-tiny")
+    with pytest.raises(ConfigError, match="'small' is neither cached nor downloadable"):
+        load_engine(Settings(engine="whisper", model="small", whisper_cache_dir=str(tmp_path)))

@@ -6,23 +6,24 @@ import psutil
 import pytest
 import requests
 
-from tests.conftest import Worker
-from tests.speech import ENGLISH, MANDARIN, SHARED_AUDIO, character_error_rate, encode, reference, word_error_rate
+from tests.speech import (
+    ENGLISH,
+    MANDARIN,
+    SHARED_AUDIO,
+    character_error_rate,
+    encode,
+    reference,
+    word_error_rate,
+)
 
 FORMATS = ["wav-s16-44k-stereo", "mp3", "ogg-vorbis", "m4a-8k"]
 
 
 @pytest.fixture(scope="module")
-def worker(tmp_path_factory, audio_dir):
+def worker(module_worker, tmp_path_factory, audio_dir):
     # No ASR_ENGINE: the default (auto) must find no FunASR model offline and
     # serve the embedded Whisper base, as `make serve` does on a fresh machine.
-    worker = Worker({"ASR_INSTANCE_NAME": "whisper-test", "ASR_MODEL_CACHE": str(tmp_path_factory.mktemp("ms"))},
-                    tmp_path_factory.mktemp("whisper") / "worker.log")
-    try:
-        worker.wait_ready()
-        yield worker
-    finally:
-        worker.stop()
+    return module_worker(ASR_INSTANCE_NAME="whisper-test", ASR_MODEL_CACHE=str(tmp_path_factory.mktemp("ms")))
 
 
 def asr(worker, data: bytes, **form) -> dict:
@@ -68,7 +69,8 @@ def test_srt_cues_follow_the_speech(worker, audio_dir):
     # The speech starts at 0.32 s: the first cue starts with the VAD's 0.2 s
     # of lead-in, not at 0.
     assert 0.1 <= segments[0]["start"] <= 0.4
-    assert body["data"].startswith("1\n00:00:00,") and body["data"].count(" --> ") == len(segments)
+    # Cues may split a segment further, to readable lengths, never merge two.
+    assert body["data"].startswith("1\n00:00:00,") and body["data"].count(" --> ") >= len(segments)
 
 
 def test_a_language_the_model_lacks_is_a_422(worker, audio_dir):

@@ -51,6 +51,8 @@ class WhisperEngine:
 
     name = "whisper"
     window_seconds = 30.0
+    # Capabilities the OpenAI endpoints ask for (engines without them lack the attributes).
+    word_timestamps = True
 
     def __init__(self, whisper_model, model: str, device: str) -> None:
         import opencc
@@ -63,6 +65,8 @@ class WhisperEngine:
         self.device = device
         self.multilingual = whisper_model.model.is_multilingual
         codes = set(whisper_model.supported_languages) if self.multilingual else {"en"}
+        # Translation into English needs the multilingual vocabulary (not *.en).
+        self.tasks = frozenset({"transcribe", "translate"} if self.multilingual else {"transcribe"})
         # SenseVoice's "yue" works on every model: as Cantonese where the
         # model has the token (large-v3), else as Chinese.
         self.languages = frozenset(codes | {"auto"} | ({"yue"} if "zh" in codes else set()))
@@ -153,7 +157,7 @@ class WhisperEngine:
                     continue
                 words = tuple(Word(_within(w["start"], duration), _within(w["end"], duration),
                                    self._clean(w["word"], language), round(float(w["probability"]), 4))
-                              for w in piece.get("words", []) if w["word"].strip())
+                              for w in _whole_words(piece.get("words", []), language))
                 timed.append(Piece(_within(piece["start"], duration), _within(piece["end"], duration), text,
                                    words, avg_logprob=round(float(avg_logprob), 4),
                                    no_speech_prob=round(float(no_speech_prob), 4),
@@ -166,6 +170,24 @@ class WhisperEngine:
     def _clean(self, text: str, language: str) -> str:
         text = text.strip()
         return self._to_simplified.convert(text) if language in SIMPLIFIED else text
+
+
+def _whole_words(words: list[dict], language: str) -> list[dict]:
+    """Whisper's words as a reader sees them: in a language written with
+    spaces, a piece that starts without one ("-disposed" after "ill") is
+    the rest of the word before it. So the words joined by spaces are the text."""
+    spaced = language not in SIMPLIFIED and language not in ("ja", "th")
+    whole: list[dict] = []
+    for word in words:
+        if not word["word"].strip():
+            continue
+        if spaced and whole and not word["word"].startswith(" "):
+            last = whole[-1]
+            whole[-1] = {"word": last["word"] + word["word"], "start": last["start"], "end": word["end"],
+                         "probability": min(last["probability"], word["probability"])}
+        else:
+            whole.append(word)
+    return whole
 
 
 def _within(seconds: float, duration: float) -> float:

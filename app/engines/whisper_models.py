@@ -70,7 +70,7 @@ def _package_dir(package: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise ConfigError(f"the model package {package!r} is not installed (pip install -r requirements.txt)")
-    return Path(list(spec.submodule_search_locations)[0])
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def file_sha256(path: Path) -> str:
@@ -158,7 +158,7 @@ def resolve(model: str, cache_dir: str | None = None, *, download: bool = True) 
     hub_cache = str(Path(cache_dir).expanduser() / "hub") if cache_dir else None
     try:
         return Path(download_model(model, local_files_only=True, cache_dir=hub_cache))
-    except Exception:  # huggingface_hub raises several kinds of "not cached"
+    except Exception:  # noqa: BLE001 - huggingface_hub raises several kinds of "not cached"
         if not download:
             raise ConfigError(f"Whisper model {model!r} is not in the cache") from None
     try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import time
 
 import numpy as np
@@ -26,6 +27,8 @@ from app.jobs import prepare
 from app.jobs.pace import Pace
 from app.jobs.store import SYNC, Store
 from app.service import Transcriber, Transcription
+
+log = logging.getLogger(__name__)
 
 WAIT_POLL_S = 0.2
 
@@ -54,6 +57,8 @@ class FanOut:
             # the segments finds the work still "preparing": it cuts it itself.
             if created or self.store.get(work_id).status == "preparing":
                 self.store.add_segments(work_id, prepare.cut(self.transcriber, samples))
+            else:
+                log.info("request %s: joined work %s, left by a worker that died", request_id, work_id)
             self.puller.wake()
             work = self._wait(work_id, deadline)
             return prepare.assemble(self.store.results(work_id), options.language, work.duration)

@@ -1,11 +1,12 @@
 """Deadlines that follow the work: how long a recording should take on this
 fleet, measured, and the refusal of one that cannot finish in time.
 
-Speed is the engine time per second of audio (the real-time factor) each
-worker measures on its own batches (`Metrics`), shared through the store's
-heartbeats; the fleet's throughput is the sum of its live workers' 1/RTF.
-Until a worker has measured enough audio it assumes `assumed_rtf`, on the
-slow side, so a fresh fleet refuses too much rather than too little.
+Speed is the time per second of audio (the real-time factor) each worker
+measures on the queue's segments (the puller's busy time over their audio),
+shared through the store's heartbeats; the fleet's throughput is the sum of
+its live workers' 1/RTF. Until a worker has measured 60 s it assumes
+`assumed_rtf`, on the slow side, so a fresh fleet refuses too much rather
+than too little.
 
 The estimate counts the whole recording as speech: the length is all that
 is known before VAD, and a refusal must come before any compute.
@@ -45,10 +46,21 @@ class Pace:
         self.store = store
 
     def local_rtf(self) -> float:
+        """This worker's speed: on queue work when it has done enough (the
+        puller's measure), else on its own requests when there is no queue,
+        else the assumed one. Short requests alone would overstate the cost
+        of a long recording: each short clip costs a whole Whisper window."""
+        queued = self.queue_rtf()
+        if queued is not None:
+            return max(queued, 1e-4)
         stats = self.metrics.stats()
-        if stats["audio_seconds"] >= MEASURED_AFTER_S:
+        if self.store is None and stats["audio_seconds"] >= MEASURED_AFTER_S:
             return max(stats["real_time_factor"], 1e-4)
         return self.settings.assumed_rtf
+
+    def queue_rtf(self) -> float | None:
+        """Set by app/jobs/setup.py to the puller's measure."""
+        return None
 
     def fleet(self) -> tuple[int, float]:
         """(live workers, audio seconds the fleet transcribes per second)."""

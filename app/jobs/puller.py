@@ -1,8 +1,8 @@
 """The puller: one thread per worker that takes segments from the shared
 queue into this worker's batcher and writes the results back.
 
-It claims only when its own batcher has room (at most one batch of pulled
-segments in hand), so pulled work never starves the worker's own short
+It claims only when its own batcher has room (at most ASR_PULL_MAX_ITEMS
+pulled segments in hand), so pulled work never starves the worker's own short
 requests, which go straight to the batcher as before. Its heartbeat is the
 lease on what it holds: a worker killed with -9 stops beating, and after
 `worker_stale_seconds` any other puller puts its segments back in the queue.
@@ -13,6 +13,7 @@ has nothing else to do, so the heartbeat never waits on ffmpeg or VAD.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import logging
 import os
 import threading
@@ -48,7 +49,12 @@ class Puller:
         self.pace = pace
         self.settings = transcriber.settings
         self.worker_id = f"{self.settings.instance_name}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.pulled = 0  # segments this worker transcribed for the queue, for /stats
+        self.pulled = 0  # segments this worker transcribed for the queue
+        # Its measured speed on queue work: wall time with segments in hand
+        # per second of their audio (full windows, unlike short requests,
+        # whose clips each cost a whole Whisper window).
+        self.pulled_seconds = self.busy_seconds = 0.0
+        self._busy_since: float | None = None
         self._pending: list[tuple[Claimed, Job]] = []
         self._wake = threading.Event()
         self._preparing: threading.Thread | None = None
@@ -65,8 +71,8 @@ class Puller:
         """Hands back what this worker holds, so nobody waits for its lease."""
         try:
             self.store.forget_worker(self.worker_id)
-        except Exception:  # noqa: BLE001 - at exit, best effort
-            pass
+        except Exception as error:  # noqa: BLE001 - at exit; the lease runs out on its own anyway
+            log.debug("could not hand back claims at exit: %s", error)
 
     def _run(self) -> None:
         while not self.transcriber.wait_ready(60):
@@ -75,7 +81,7 @@ class Puller:
         while True:
             try:
                 self._step()
-            except Exception:  # noqa: BLE001 - a store hiccup (locked, disk) must not end the thread
+            except Exception:  # a store hiccup (locked, disk) must not end the thread
                 log.exception("puller step failed")
                 time.sleep(1)
             self._wake.wait(POLL_S)
@@ -112,12 +118,16 @@ class Puller:
                 outcomes.append(Outcome(claimed.id, None, str(error)[:300]))
         self._pending = [item for item in self._pending if not item[1].future.done()]
         self.pulled += len(outcomes)
+        self.pulled_seconds += sum(job.seconds for _, job in done)
+        if not self._pending and self._busy_since is not None:
+            self.busy_seconds += time.monotonic() - self._busy_since
+            self._busy_since = None
         for work_id in self.store.complete(self.worker_id, outcomes):
             prepare.finalize(self.store, work_id)
 
     def _claim(self) -> None:
         batcher = self.transcriber.batcher
-        room = self.settings.batch_max_items - len(self._pending)
+        room = self.settings.pull_max_items - len(self._pending)
         if room <= 0 or batcher.depth >= self.settings.batch_max_items:
             return
         claimed = self.store.claim(self.worker_id, room, self.settings.worker_stale_seconds, MAX_ATTEMPTS)
@@ -128,16 +138,25 @@ class Puller:
             except Overloaded:  # the worker's own requests filled the queue meanwhile
                 self.store.release(self.worker_id, [item.id])
                 continue
+            # Woken when it is done: the next segment is claimed at once.
+            job.future.add_done_callback(lambda _: self._wake.set())
             self._pending.append((item, job))
+            if self._busy_since is None:
+                self._busy_since = time.monotonic()
+
+    def rtf(self) -> float | None:
+        """Seconds per audio second on queue work; None until 60 s measured."""
+        return self.busy_seconds / self.pulled_seconds if self.pulled_seconds >= 60 else None
 
     def _prepare(self, work, upload: bytes) -> None:
         try:
             prepare.prepare_job(self.transcriber, self.store, work, upload)
-        except Exception:  # noqa: BLE001 - the job fails with a reason, the worker lives on
+        except Exception:  # the job fails with a reason, the worker lives on
             log.exception("preparing job %s failed", work.id)
             self.store.finish(work.id, "failed", error="internal error while preparing the job, see the worker log")
         self.wake()
 
 
 def _options(raw: dict) -> DecodeOptions:
-    return DecodeOptions(**{key: raw[key] for key in ("language", "task", "prompt", "temperature") if key in raw})
+    # Whatever DecodeOptions holds today; keys it lacks (a job's response_format) stay behind.
+    return DecodeOptions(**{f.name: raw[f.name] for f in dataclasses.fields(DecodeOptions) if f.name in raw})

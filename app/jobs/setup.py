@@ -27,6 +27,7 @@ def install(app: flask.Flask, transcriber: Transcriber, *, start: bool) -> froze
     store = SQLiteStore(settings.job_db)
     pace = Pace(settings, transcriber.metrics, store)
     puller = Puller(transcriber, store, pace)
+    pace.queue_rtf = puller.rtf
     app.extensions["jobs"] = types.SimpleNamespace(store=store, pace=pace, puller=puller)
     app.extensions["fanout"] = FanOut(transcriber, pace, store, puller)
     if start:

@@ -43,7 +43,11 @@ class SQLiteStore(Store):
         self.path = str(path)
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        self._db().executescript(SCHEMA)  # IF NOT EXISTS: every worker may run it
+        db = self._db()
+        # Pages freed by finished work go back to the disk on each sweep
+        # (takes effect only when the file is created).
+        db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        db.executescript(SCHEMA)  # IF NOT EXISTS: every worker may run it
 
     def _db(self) -> sqlite3.Connection:
         # One connection per thread: sqlite3 connections must not be shared.
@@ -54,6 +58,8 @@ class SQLiteStore(Store):
             # NORMAL in WAL: a commit survives a process crash (kill -9);
             # only a power loss may drop the last commits.
             db.execute("PRAGMA synchronous=NORMAL")
+            # The WAL holds segment PCM between checkpoints: cut it back after each.
+            db.execute("PRAGMA journal_size_limit=67108864")
             self._local.db = db
         return db
 
@@ -197,6 +203,7 @@ class SQLiteStore(Store):
             db.execute("DELETE FROM workers WHERE last_seen < ?", (now - max(orphan_s, stale_s) * 10,))
             rows = db.execute("SELECT id FROM works WHERE kind = 'job' AND status = 'running' AND "
                               "segments_done + segments_failed >= segments_total").fetchall()
+        self._db().execute("PRAGMA incremental_vacuum")
         return [work_id for (work_id,) in rows]
 
 

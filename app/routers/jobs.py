@@ -20,7 +20,8 @@ from app import audio, formats
 from app.errors import BadRequest, Conflict, Gone, NotFound, Overloaded
 from app.jobs import prepare
 from app.jobs.store import FINISHED, JOB, Work
-from app.routes import _transcriber, _upload
+from app.routers.common import transcriber as _transcriber
+from app.routers.common import upload as _upload
 
 bp = flask.Blueprint("jobs", __name__)
 

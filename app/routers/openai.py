@@ -1,0 +1,48 @@
+"""OpenAI's audio endpoints: /v1/audio/transcriptions and /translations.
+The form is checked first (openai_params.py), then the upload is read and
+decoded, and the answer rendered in the asked format or streamed."""
+
+from __future__ import annotations
+
+import flask
+
+from app import formats
+from app.routers import openai_params, openai_stream
+from app.routers.common import decode, run, upload
+from app.service import Transcription
+
+bp = flask.Blueprint("openai", __name__)
+
+TRANSCRIBE_ENDPOINTS = frozenset({"openai.transcriptions", "openai.translations"})
+
+
+@bp.post("/v1/audio/transcriptions")
+def transcriptions():
+    return _answer(openai_params.parse(flask.request.form, task="transcribe"))
+
+
+@bp.post("/v1/audio/translations")
+def translations():
+    # Whisper's translate task: any language in, English text out.
+    return _answer(openai_params.parse(flask.request.form, task="translate"))
+
+
+def _answer(request: openai_params.OpenAIRequest):
+    if request.stream:
+        return openai_stream.response(decode(upload(), use_vad=True), request.options)
+    result = run(request.options, use_vad=True)
+    return render(result, request)
+
+
+def render(result: Transcription, request: openai_params.OpenAIRequest):
+    segments = result.segments
+    if request.response_format == "json":
+        return formats.to_json(segments, duration=result.duration, model=request.model)
+    if request.response_format == "verbose_json":
+        # For a translation too, `language` is the language that was spoken.
+        return formats.to_verbose_json(segments, language=result.language, duration=result.duration,
+                                       model=request.model, task=request.options.task,
+                                       granularities=request.granularities)
+    render_text = {"text": formats.to_text, "srt": formats.to_srt, "vtt": formats.to_vtt}[request.response_format]
+    mimetype = "text/vtt" if request.response_format == "vtt" else "text/plain"
+    return flask.Response(render_text(segments), mimetype=mimetype)
