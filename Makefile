@@ -10,7 +10,7 @@ N ?=
 # Extra arguments for the load test, e.g. `make loadtest ARGS="--concurrency 8"`.
 ARGS ?=
 
-.PHONY: setup test run-worker tiny-model serve stop restart status reload \
+.PHONY: setup test test-fast run-worker tiny-model serve stop restart status reload \
         rolling-restart scale monitor logs verify install-system loadtest bench soak fuzz long lint
 
 # The stamp makes `make setup` cheap when nothing changed, and re-runs pip
@@ -23,6 +23,10 @@ $(VENV)/.installed: requirements.txt
 
 test: setup
 	$(PY) -m pytest -q tests
+
+# Under a minute: the tests that need no model, worker or fleet.
+test-fast: setup
+	$(PY) -m pytest -q -m unit tests
 
 run-worker: setup
 	$(VENV)/bin/gunicorn -c deploy/gunicorn.conf.py 'app:create_app()'

@@ -3,8 +3,9 @@
 Handler threads submit a request's segments as a group and wait on futures.
 The inference thread takes up to `max_items` segments (or `max_seconds` of
 audio) that decode the same way (language, task, prompt), waiting at most
-`wait_s` for a batch to fill, and runs them as one engine call. A full queue refuses the whole group at once, so the
-client (or Nginx) can go to another worker instead of waiting here.
+`wait_s` for a batch to fill, and runs them as one engine call. A full queue
+refuses the whole group at once, so the client (or Nginx) can go to another
+worker instead of waiting here.
 """
 
 from __future__ import annotations
@@ -59,11 +60,14 @@ class Batcher:
         self._changed = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
         # Progress, for /health: the poller tells a busy worker (engine calls
-        # keep returning) from a stuck one (one call far longer than any before).
+        # keep returning) from a stuck one (one call far longer than any
+        # before, or than its audio should take at the speed seen so far).
         self.batches_done = 0
         self.longest_batch_s = 0.0
         self._last_batch_end: float | None = None
         self._batch_started: float | None = None
+        self._batch_audio_s = 0.0
+        self._audio_done_s = self._model_done_s = 0.0
 
     def start(self) -> None:
         self._thread.start()
@@ -79,12 +83,16 @@ class Batcher:
     def progress(self) -> dict:
         """Engine calls finished (failed ones too: the thread is not stuck),
         seconds since the last one ended, how long the running one has taken
-        (0 when idle) and the longest so far."""
+        and how much audio it holds (0 when idle), the longest call so far,
+        and model seconds per audio second over every call so far."""
         now, started, ended = time.monotonic(), self._batch_started, self._last_batch_end
+        audio, model = self._audio_done_s, self._model_done_s
         return {"batches_done": self.batches_done,
                 "last_batch_age_s": None if ended is None else round(now - ended, 2),
                 "batch_running_s": 0.0 if started is None else round(now - started, 2),
-                "longest_batch_s": round(self.longest_batch_s, 2)}
+                "batch_audio_s": 0.0 if started is None else round(self._batch_audio_s, 2),
+                "longest_batch_s": round(self.longest_batch_s, 2),
+                "model_s_per_audio_s": round(model / audio, 3) if audio else None}
 
     def submit(self, audios: list[np.ndarray], options: DecodeOptions, deadline: float, *,
                first_alone: bool = False) -> list[Job]:
@@ -155,6 +163,7 @@ class Batcher:
                 live.append(job)
         if not live:
             return
+        self._batch_audio_s = sum(job.seconds for job in live)
         started = self._batch_started = time.monotonic()
         try:
             results = self.engine.transcribe_batch([job.audio for job in live], live[0].options)
@@ -173,6 +182,8 @@ class Batcher:
     def _batch_done(self, started: float) -> None:
         ended = time.monotonic()
         self.longest_batch_s = max(self.longest_batch_s, ended - started)
+        self._audio_done_s += self._batch_audio_s
+        self._model_done_s += ended - started
         self.batches_done += 1
         self._last_batch_end, self._batch_started = ended, None
 

@@ -58,9 +58,10 @@ def _fits(words: list[Word], joiner: str) -> bool:
 
 
 def _clause_end(words: list[Word]) -> int:
-    """Where a full cue ends: after its last punctuation in the second half
-    (a cue that ends with its clause reads better), else after all of it."""
-    for index in range(len(words) - 1, len(words) // 2 - 1, -1):
+    """Where a full cue ends: after its last punctuation past the first
+    third (a cue that ends with its clause reads better, and the next cue
+    does not start with a lone word), else after all of it."""
+    for index in range(len(words) - 1, len(words) // 3 - 1, -1):
         if words[index].word.endswith(CLAUSE_ENDS):
             return index + 1
     return len(words)

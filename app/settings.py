@@ -102,6 +102,11 @@ class Settings:
     # back to the queue. Heartbeats come every second.
     worker_stale_seconds: float = 5.0
 
+    # A stream=true answer sends a comment line this often while a window is
+    # still being recognised: proxies' read timeouts never fire on a long
+    # stream, and a client that has gone is noticed (its queued work dropped).
+    stream_keepalive_seconds: float = 1.0
+
     log_level: str = "info"
 
     def __post_init__(self) -> None:
@@ -138,6 +143,7 @@ class Settings:
             "ASR_JOB_RETENTION_SECONDS": self.job_retention_seconds,
             "ASR_WORKER_STALE_SECONDS": self.worker_stale_seconds,
             "ASR_PULL_MAX_ITEMS": self.pull_max_items,
+            "ASR_STREAM_KEEPALIVE_S": self.stream_keepalive_seconds,
         }
         for name, value in positive.items():
             if value <= 0:
@@ -198,6 +204,7 @@ class Settings:
         take("ASR_JOB_RETENTION_SECONDS", "job_retention_seconds", float)
         take("ASR_WORKER_STALE_SECONDS", "worker_stale_seconds", float)
         take("ASR_PULL_MAX_ITEMS", "pull_max_items", int)
+        take("ASR_STREAM_KEEPALIVE_S", "stream_keepalive_seconds", float)
         mb = env.get("ASR_MAX_UPLOAD_MB")
         if mb:
             try:

@@ -26,7 +26,10 @@ def drain(resolved: dict, inst: dict) -> bool:
         outcome, body, _ = probe(inst["port"], 2)
         if outcome == "fail" and body is None:
             return True  # nothing listening: nothing to drain
-        idle = body is not None and body.get("in_flight", 0) == 0 and body.get("queue_depth", 0) == 0
+        # Idle: no request in hand, no segment waiting, and no engine call
+        # running (a job's segments reach the model without a request).
+        idle = body is not None and body.get("in_flight", 0) == 0 and body.get("queue_depth", 0) == 0 \
+            and not body.get("batch_running_s")
         idle_probes = idle_probes + 1 if idle else 0
         if idle_probes >= 2:
             return True

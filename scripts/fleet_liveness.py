@@ -15,9 +15,11 @@ A late /health answer is not a failure. Every round ends in one verdict:
   dead     refused, or an error status ("broken": the model thread is gone)
 
 The stuck deadline is max(stuck_after_s, stuck_factor x the longest engine
-call the instance has reported): a model that takes 40 s for a full batch is
-not stuck at 41 s. Only stuck and dead rounds count towards eject_after and
-restart_after; a busy or ok round clears the count.
+call the instance has reported) and, for the call running now, stuck_factor
+x what its audio should take at the instance's speed so far: a model that
+takes 40 s for a full batch is not stuck at 41 s. Only stuck and dead
+rounds count towards eject_after and restart_after; a busy or ok round
+clears the count.
 """
 
 from __future__ import annotations
@@ -103,8 +105,8 @@ def answered(track: Track, body: dict, when: float) -> None:
 
 
 def judge(track: Track, result: tuple, pid: int | None, health: dict, now: float) -> None:
-    """Sets track.verdict and track.reason from one probe result and the
-    process tree's CPU since the previous round."""
+    """Sets track.verdict and track.reason from one probe result and what
+    the process tree did since the previous round."""
     outcome, body, error = result
     active, stopped = None, False
     sample = tree_activity(pid) if pid else None
@@ -118,9 +120,13 @@ def judge(track: Track, result: tuple, pid: int | None, health: dict, now: float
     deadline = stuck_deadline(health, track)
     if outcome == "ok":
         running = body.get("batch_running_s") or 0.0
+        # A big batch may take longer than any before it: what its audio
+        # should take at the speed seen so far counts as well.
+        expected = (body.get("batch_audio_s") or 0.0) * (body.get("model_s_per_audio_s") or 0.0)
+        deadline = max(deadline, health["stuck_factor"] * expected)
         if running > deadline:
-            track.verdict, track.reason = "stuck", f"one engine call running for {running:.0f} s " \
-                                                   f"(stuck deadline {deadline:.0f} s)"
+            track.verdict = "stuck"
+            track.reason = f"one engine call running for {running:.0f} s (stuck deadline {deadline:.0f} s)"
         else:
             track.verdict, track.reason = "ok", ""
     elif outcome == "loading":
@@ -133,11 +139,11 @@ def judge(track: Track, result: tuple, pid: int | None, health: dict, now: float
                                              0.5 * health["timeout_s"] / health["interval_s"]):
         # (A probe that timed out for want of a CPU kept a thread runnable for
         # timeout_s: a starved worker is always above this bound.)
-        track.verdict, track.reason = "stuck", f"no answer, and its threads neither ran nor waited to " \
-                                               f"run ({active:.1%} of the time)"
+        track.verdict = "stuck"
+        track.reason = f"no answer, and its threads neither ran nor waited to run ({active:.1%} of the time)"
     elif now - track.last_answer > deadline:
-        track.verdict, track.reason = "stuck", f"no answer for {now - track.last_answer:.0f} s " \
-                                               f"(stuck deadline {deadline:.0f} s)"
+        track.verdict = "stuck"
+        track.reason = f"no answer for {now - track.last_answer:.0f} s (stuck deadline {deadline:.0f} s)"
     else:
         share = "" if active is None else f" ({active:.0%} of a CPU running or runnable)"
         track.verdict, track.reason = "busy", f"answer late ({error}), working{share}"

@@ -15,7 +15,6 @@ fleet-status.json (served at /fleet).
 
 from __future__ import annotations
 
-import concurrent.futures
 import http.client
 import os
 import signal
@@ -43,8 +42,7 @@ class Poller:
         self.tracks: dict[str, liveness.Track] = {}
         self.notes: dict[str, str] = {}
         # Second, patient probes of instances whose /health timed out.
-        self.patient: dict[str, concurrent.futures.Future] = {}
-        self.pool = concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix="patient")
+        self.patient: dict[str, Patient] = {}
         self.action: threading.Thread | None = None
         self.stopping = False
         self._load()
@@ -104,9 +102,10 @@ class Poller:
                 liveness.count(track, health, now)
         state = self._eject_and_restore(state, active)
         for inst in active:
-            if inst["name"] not in state["maintenance"]:
-                self._restart_or_start(inst, self.tracks[inst["name"]], sup_states.get(inst["name"], "UNKNOWN"),
-                                       infos.get(inst["name"], {}), now)
+            name = inst["name"]
+            if name not in state["maintenance"]:
+                self._restart_or_start(inst, self.tracks[name], sup_states.get(name, "UNKNOWN"),
+                                       infos.get(name, {}), now)
         self._autoscale(state, active)
         fleet_status.write(self.resolved, state, self.tracks, sup_states, results)
 
@@ -115,20 +114,21 @@ class Poller:
         the stuck deadline allows: a late answer is still an answer, and an
         instance that gives one is busy, however long it took."""
         name = inst["name"]
-        future = self.patient.get(name)
-        if future is not None and future.done():
+        patient = self.patient.get(name)
+        if patient is not None and patient.answer is not None:
             del self.patient[name]
-            when, (_, body, _) = future.result()
+            when, (_, body, _) = patient.answer
             if body is not None:
                 liveness.answered(track, body, when)
         if outcome == "timeout" and name not in self.patient:
-            timeout = liveness.stuck_deadline(self.resolved["health"], track)
-            self.patient[name] = self.pool.submit(_timed_probe, inst["port"], timeout)
+            deadline = liveness.stuck_deadline(self.resolved["health"], track)
+            self.patient[name] = Patient(inst["port"], deadline)
 
     def _eject_and_restore(self, state: dict, active: list[dict]) -> dict:
         resolved, health = self.resolved, self.resolved["health"]
         names = [inst["name"] for inst in active]
-        restore = [n for n in names if n in state["ejected"] and self.tracks[n].oks >= health["restore_after"]]
+        restore = [n for n in names
+                   if n in state["ejected"] and self.tracks[n].oks >= health["restore_after"]]
         out = (set(state["ejected"]) - set(restore)) | set(state["maintenance"])
         eject = {}
         for name in names:
@@ -170,7 +170,8 @@ class Poller:
             fs.log_event(self.resolved, f"{name}: FATAL (failed to start); trying again")
             track.last_fatal_start = now
             self.sup.start(name)
-        elif sup_state == "RUNNING" and track.bad >= health["restart_after"] and track.restarting_since is None:
+        elif (sup_state == "RUNNING" and track.bad >= health["restart_after"]
+              and track.restarting_since is None):
             blocker = liveness.restart_blocker(name, self.tracks)
             if blocker:
                 self._note(f"{name} restart", f"{name}: {track.verdict}, restart held back: {blocker}")
@@ -226,9 +227,18 @@ class Poller:
         except Exception as error:
             fs.log_event(self.resolved, f"autoscale to {size} failed: {error}")
 
-def _timed_probe(port: int, timeout: float) -> tuple[float, tuple]:
-    result = probe(port, timeout)
-    return time.monotonic(), result
+
+class Patient:
+    """One /health probe in a daemon thread (a stopping poller never waits
+    for it); `answer` is (when it came, the probe result) once done."""
+
+    def __init__(self, port: int, timeout: float):
+        self.answer: tuple[float, tuple] | None = None
+
+        def run() -> None:
+            result = probe(port, timeout)
+            self.answer = time.monotonic(), result
+        threading.Thread(target=run, name=f"patient-{port}", daemon=True).start()
 
 
 def poll(run_dir: Path, once: bool = False) -> None:

@@ -122,7 +122,8 @@ def print_welcome(resolved: dict, health: dict) -> None:
     print(f"\nASR fleet up: {active} instance(s) behind {front}\n"
           f"  model:  {health.get('model')} (engine {health.get('engine')}, {health.get('device')})")
     if resolved["engine"] == "auto" and health.get("engine") != "funasr":
-        print(f"  note:   {resolved['model']} was not available; auto serves the embedded engine")
+        print(f"  note:   the FunASR model {resolved['model'] or '(default)'} was not available; auto serves "
+              f"the embedded {health.get('engine')} model")
     print(f"  try:    curl -F file=@{audio} {front}/asr\n"
           f"  watch:  make status | make monitor | curl {front}/fleet\n  stop:   make stop")
 

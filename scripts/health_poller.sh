@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # The fleet's health poller, run by supervisord as [program:health-poller].
 #
-# Every health.interval_s it polls each active instance's /health; after
-# health.eject_after failures it takes the instance out of the Nginx upstream
-# (re-render + graceful reload), after health.restart_after hard failures it
-# restarts it through Supervisor, and it puts it back once healthy. It also
-# runs the naive autoscaler and writes fleet-status.json (served at /fleet).
+# Every health.interval_s it polls each active instance's /health and tells
+# busy from stuck: a late answer from an instance whose processes work is
+# busy, never a failure. After health.eject_after stuck or dead checks it
+# takes the instance out of the Nginx upstream (re-render + graceful reload;
+# one instance out at a time, never the last one serving), after
+# health.restart_after it restarts it (one at a time: a stuck one killed, a
+# dead one stopped gracefully), and it puts it back once healthy. It also
+# runs the autoscaler (within the machine's cores) and writes
+# fleet-status.json (served at /fleet).
 # The state machine lives in scripts/fleet.py (`poll`); this wrapper checks
 # its inputs and hands over with exec, so Supervisor's signals reach it.
 set -euo pipefail

@@ -14,7 +14,6 @@ import uuid
 from pathlib import Path
 
 import requests
-
 from fleet_harness import CLIP, CLIPS, REPO, SHARED_AUDIO, Fleet, free_ports, wait_for  # noqa: F401
 
 

@@ -11,6 +11,8 @@ from app import audio
 from app.errors import BadAudio, TooLarge, UnsupportedMedia
 from tests.speech import ENCODINGS, encode
 
+pytestmark = pytest.mark.unit
+
 SOURCE = "sense_and_sensibility_01_austen_64kb-0880.wav"
 LIMITS = {"max_seconds": 7200.0, "ffmpeg_timeout": 30.0}
 

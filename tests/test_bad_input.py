@@ -34,6 +34,8 @@ import pytest
 import requests
 import soundfile
 
+pytestmark = pytest.mark.worker
+
 SPEECH = "sense_and_sensibility_01_austen_64kb-0870.wav"  # 7.1 s, 16 kHz mono
 SPEECH_SECONDS = 7.1
 MAX_AUDIO_SECONDS = 600

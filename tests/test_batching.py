@@ -9,10 +9,12 @@ import time
 import pytest
 import soundfile
 
-from app.engines import DecodeOptions
 from app.batching import Batcher, wait_all
+from app.engines import DecodeOptions
 from app.engines.pocketsphinx_engine import PocketSphinxEngine
 from app.errors import DeadlineExceeded, Overloaded
+
+pytestmark = pytest.mark.unit
 
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,13 @@ import json
 import sys
 
 import pytest
-
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "scripts"))
 import bench
 import bench_doc
+
+pytestmark = pytest.mark.unit
 
 SECTIONS = ["## 1. Stack overhead", "## 2. Scaling", "## 3. Batching", "## 4. Balancing",
             "## 5. Engines: real-time factor per core", "## Profile", "## GPU"]

@@ -3,8 +3,12 @@ and 7 s, cut at word times, nothing lost or reordered."""
 
 import random
 
+import pytest
+
 from app import cues, formats
 from app.engines.base import Word
+
+pytestmark = pytest.mark.unit
 
 
 def segment_of(words: list[Word]) -> formats.SegmentText:

@@ -11,6 +11,8 @@ from app.engines.pocketsphinx_engine import PocketSphinxEngine
 from app.errors import ConfigError
 from app.settings import Settings
 
+pytestmark = pytest.mark.worker
+
 
 @pytest.fixture(scope="module")
 def pocketsphinx():

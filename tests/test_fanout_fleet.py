@@ -24,6 +24,8 @@ from fleet_harness import REPO, Fleet, wait_for
 from tests.long_audio import build, check_cues, flac, query, submit, wait_job
 from tests.speech import word_error_rate
 
+pytestmark = pytest.mark.fleet
+
 # Whisper tiny.en on the repeated LibriVox + JFK clips (measured ~0.05 through
 # /asr); base is held to 0.10 (tests/test_whisper_worker.py).
 WER_BOUND = 0.12

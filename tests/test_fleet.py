@@ -16,13 +16,15 @@ from pathlib import Path
 import psutil
 import pytest
 import requests
-
 from fleet_helpers import CLIP, REPO, Fleet, Stream, post_clip, wait_for  # also puts scripts/ on sys.path
 
-import fleet_config as fc  # noqa: E402  (scripts/)
-import fleet_render as render  # noqa: E402
-import fleet_state as fs  # noqa: E402
-from fleet_autoscale import Autoscaler  # noqa: E402
+# isort: split
+import fleet_config as fc
+import fleet_render as render
+import fleet_state as fs
+from fleet_autoscale import Autoscaler
+
+pytestmark = pytest.mark.fleet
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 

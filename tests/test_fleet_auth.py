@@ -12,8 +12,9 @@ import shutil
 
 import pytest
 import requests
-
 from fleet_harness import CLIPS, Fleet
+
+pytestmark = pytest.mark.fleet
 
 
 @pytest.fixture(scope="module")

@@ -25,12 +25,14 @@ import time
 
 import psutil
 import pytest
-
 from fleet_burst import Burst, HealthWatch, multipart, post
-from fleet_harness import REPO, SHARED_AUDIO, Fleet, require, wait_for
+from fleet_harness import REPO, SHARED_AUDIO, Fleet, require, wait_for  # also puts scripts/ on sys.path
 from speech import reference, word_error_rate
 
-import fleet_config as fc  # noqa: E402  (scripts/, put on sys.path by fleet_harness)
+# isort: split
+import fleet_config as fc
+
+pytestmark = pytest.mark.fleet
 
 CLIP = "sense_and_sensibility_01_austen_64kb-0880.wav"
 # Word error rate of the idle fleet's answer for CLIP: measured 0.00 for

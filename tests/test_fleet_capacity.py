@@ -8,14 +8,16 @@ import configparser
 from pathlib import Path
 
 import pytest
-
 from fleet_harness import REPO  # also puts scripts/ on sys.path
 
-import fleet_capacity as capacity  # noqa: E402
-import fleet_config as fc  # noqa: E402
-import fleet_render as render  # noqa: E402
-import fleet_state as fs  # noqa: E402
-from fleet_autoscale import Autoscaler  # noqa: E402
+# isort: split
+import fleet_capacity as capacity
+import fleet_config as fc
+import fleet_render as render
+import fleet_state as fs
+from fleet_autoscale import Autoscaler
+
+pytestmark = pytest.mark.unit
 
 
 def resolve(tmp_path: Path, text: str, gpus: int = 0, cores: int = 2) -> dict:

@@ -5,17 +5,18 @@ one that does not answer is stuck; and its one-at-a-time rules."""
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
-
 from fleet_harness import wait_for  # also puts scripts/ on sys.path
 
-import fleet_liveness as liveness  # noqa: E402
-from fleet_supervisor import probe  # noqa: E402
+# isort: split
+import fleet_liveness as liveness
+from fleet_supervisor import probe
+
+pytestmark = pytest.mark.unit
 
 HEALTH = {"interval_s": 0.5, "timeout_s": 0.2, "stuck_after_s": 60, "stuck_factor": 3, "max_load_s": 30,
           "restore_after": 2}
@@ -104,6 +105,14 @@ def test_the_stuck_deadline_follows_the_longest_engine_call():
     assert track.verdict == "ok"  # deadline max(60, 3 x 40) = 120 s
     liveness.judge(track, ("ok", {"longest_batch_s": 40.0, "batch_running_s": 130.0}, ""), None, HEALTH, now)
     assert track.verdict == "stuck" and "130 s" in track.reason
+    # A bigger batch than any before: 240 s of audio at 0.25 s per second
+    # should take 60 s, so it has 3 x 60 = 180 s.
+    big = {"longest_batch_s": 40.0, "batch_running_s": 170.0, "batch_audio_s": 240.0,
+           "model_s_per_audio_s": 0.25}
+    liveness.judge(track, ("ok", big, ""), None, HEALTH, now)
+    assert track.verdict == "ok"
+    liveness.judge(track, ("ok", dict(big, batch_running_s=190.0), ""), None, HEALTH, now)
+    assert track.verdict == "stuck" and "deadline 180 s" in track.reason
     # No answer at all past the deadline is stuck too, however busy the CPU.
     track.last_answer = now - 121
     liveness.judge(track, ("timeout", None, "timed out"), None, HEALTH, now)

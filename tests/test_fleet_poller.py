@@ -22,13 +22,13 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 import psutil
 import pytest
-
 from fleet_harness import CLIPS, Fleet, require, wait_for
 from fleet_helpers import Ledger, Stream
+
+pytestmark = pytest.mark.fleet
 
 HOGS = 6
 

@@ -1,5 +1,9 @@
+import pytest
+
 from app import formats
 from app.formats import SegmentText
+
+pytestmark = pytest.mark.unit
 
 SEGMENTS = [
     SegmentText(0.0, 1.5, "hello there"),

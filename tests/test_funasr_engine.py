@@ -22,6 +22,8 @@ from app.engines.funasr_engine import (
     prefetch,
 )
 
+pytestmark = pytest.mark.worker
+
 REPO = Path(__file__).resolve().parents[1]
 LIBRIVOX = [Path(__file__).resolve().parents[2] / "shared" / "audio"
             / f"sense_and_sensibility_01_austen_64kb-08{n}0.wav" for n in (7, 8, 9)]

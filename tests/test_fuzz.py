@@ -26,6 +26,8 @@ from hypothesis import strategies as st
 from app import audio
 from app.errors import ASRError
 
+pytestmark = pytest.mark.worker
+
 MAX_REASON_CHARS = 300  # app.errors.MAX_MESSAGE_CHARS
 LIMITS = {"max_seconds": 600.0, "ffmpeg_timeout": 20.0}
 ENDPOINTS = ["/asr", "/asr_simple", "/v1/audio/transcriptions"]

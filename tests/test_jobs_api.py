@@ -17,6 +17,8 @@ from app.jobs.store import SYNC
 from app.settings import Settings
 from tests.speech import ENGLISH, reference, word_error_rate
 
+pytestmark = pytest.mark.worker
+
 KEYS = ("key-alice", "key-bob")
 ALICE = {"Authorization": f"Bearer {KEYS[0]}"}
 BOB = {"Authorization": f"Bearer {KEYS[1]}"}

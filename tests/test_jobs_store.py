@@ -16,6 +16,8 @@ from app.jobs.store import JOB, SYNC, NewSegment, Outcome
 from app.metrics import Metrics
 from app.settings import Settings
 
+pytestmark = pytest.mark.unit
+
 STALE = 0.5
 
 

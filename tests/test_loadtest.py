@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 import requests
 import soundfile
-from PIL import Image
-
 from conftest import REPO, Worker, free_port
+from PIL import Image
 
 sys.path.insert(0, str(REPO / "scripts"))
 import loadtest
 import loadtest_report
+
+pytestmark = pytest.mark.worker
 
 CARDS = [f"cards00{i}.wav" for i in range(1, 6)]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

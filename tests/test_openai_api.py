@@ -14,6 +14,8 @@ from app import create_app
 from app.settings import Settings
 from tests.conftest import Worker
 
+pytestmark = pytest.mark.worker
+
 JFK = "jfk.flac"
 READING = "sense_and_sensibility_01_austen_64kb-0870.wav"
 

@@ -3,6 +3,8 @@
 import openai
 import pytest
 
+pytestmark = pytest.mark.worker
+
 
 @pytest.fixture(scope="module")
 def openai_worker(module_worker, audio_dir):

@@ -9,6 +9,8 @@ import pytest
 from app import create_app
 from app.settings import Settings
 
+pytestmark = pytest.mark.worker
+
 LIBRIVOX = "sense_and_sensibility_01_austen_64kb-0890.wav"
 
 

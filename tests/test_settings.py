@@ -5,6 +5,8 @@ import pytest
 from app.errors import ConfigError
 from app.settings import Settings
 
+pytestmark = pytest.mark.unit
+
 
 def test_defaults_serve_one_cpu_worker_on_loopback():
     settings = Settings.from_env({})

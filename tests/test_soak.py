@@ -41,6 +41,8 @@ import pytest
 import requests
 import soundfile
 
+pytestmark = pytest.mark.worker
+
 CARDS = [f"cards00{i}.wav" for i in range(1, 6)]
 LIBRIVOX_SHORT = "sense_and_sensibility_01_austen_64kb-0880.wav"  # 3 s
 MAX_FD_GROWTH = 3

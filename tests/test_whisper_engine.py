@@ -15,6 +15,8 @@ from app.errors import ConfigError
 from app.settings import Settings
 from tests.speech import ENGLISH, MANDARIN, character_error_rate, read, reference, word_error_rate
 
+pytestmark = pytest.mark.worker
+
 
 def load(name: str) -> np.ndarray:
     samples, rate = read(name)

@@ -16,6 +16,8 @@ from tests.speech import (
     word_error_rate,
 )
 
+pytestmark = pytest.mark.worker
+
 FORMATS = ["wav-s16-44k-stereo", "mp3", "ogg-vorbis", "m4a-8k"]
 
 

@@ -6,7 +6,10 @@ import signal
 import threading
 import time
 
+import pytest
 import requests
+
+pytestmark = pytest.mark.worker
 
 CARDS = [f"cards00{i}.wav" for i in range(1, 6)]
 

@@ -3,7 +3,8 @@ per window of speech as the model finishes it, in order, then
 `transcript.text.done` with the whole text and `usage`.
 
 The deltas joined are exactly the text of the non-streamed answer. While a
-window is still being recognised a comment line goes out every second:
+window is still being recognised a comment line goes out every
+ASR_STREAM_KEEPALIVE_S (1 s):
 Nginx's read timeout never fires on a long stream, and a client that has
 gone shows as a failed write, which closes the generator and cancels the
 request's queued windows (Transcriber.stream)."""
@@ -31,7 +32,9 @@ KEEP_ALIVE = ": keep-alive\n\n"
 
 def response(samples: np.ndarray, options: DecodeOptions) -> flask.Response:
     duration = len(samples) / SAMPLE_RATE
-    windows = transcriber().stream(samples, options, timeout=_deadline(duration))
+    worker = transcriber()
+    windows = worker.stream(samples, options, timeout=_deadline(duration),
+                            poll_s=worker.settings.stream_keepalive_seconds)
     # The request's admission slot (app/admission.py) is released when the
     # view returns; a stream works on after that, so it keeps the slot and
     # gives it back when its response is closed.

@@ -10,6 +10,9 @@ import flask
 from app.routers.common import transcriber as _transcriber
 
 bp = flask.Blueprint("operations", __name__)
+# /health's progress fields before the model has loaded.
+NO_PROGRESS = {"batches_done": 0, "last_batch_age_s": None, "batch_running_s": 0.0, "batch_audio_s": 0.0,
+               "longest_batch_s": 0.0, "model_s_per_audio_s": None}
 
 
 @bp.get("/health")
@@ -36,8 +39,7 @@ def health():
         "in_flight": in_flight,
         "admitted": admission.admitted,
         "max_concurrent": admission.limit,
-        **(batcher.progress() if batcher else {"batches_done": 0, "last_batch_age_s": None,
-                                               "batch_running_s": 0.0, "longest_batch_s": 0.0}),
+        **(batcher.progress() if batcher else NO_PROGRESS),
         "requests_total": transcriber.metrics.total,
         "uptime_s": round(time.monotonic() - transcriber.metrics.started, 1),
     }
