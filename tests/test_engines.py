@@ -1,6 +1,5 @@
 """Engine choice and the embedded engine's accuracy on real recordings."""
 
-import logging
 
 import jiwer
 import pytest

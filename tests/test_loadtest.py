@@ -27,17 +27,9 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def worker(tmp_path_factory):
+def worker(module_worker, audio_dir):
     """One real pocketsphinx worker shared by the module's cases."""
-    if not (loadtest.DEFAULT_AUDIO / "cards001.wav").exists():
-        pytest.skip("../shared/audio is not present")
-    log = tmp_path_factory.mktemp("worker") / "worker.log"
-    w = Worker({"ASR_ENGINE": "pocketsphinx", "ASR_INSTANCE_NAME": "lt-worker"}, log)
-    try:
-        w.wait_ready()
-        yield w
-    finally:
-        w.stop()
+    return module_worker(ASR_ENGINE="pocketsphinx", ASR_INSTANCE_NAME="lt-worker")
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import requests
 import soundfile
 
 from app import audio
-from tests.conftest import Worker, free_port
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.worker
 
@@ -27,14 +27,9 @@ CLIPS = ["jfk.flac", "sense_and_sensibility_01_austen_64kb-0870.wav",
 
 
 @pytest.fixture(scope="module")
-def worker(tmp_path_factory, audio_dir):
-    worker = Worker({"ASR_ENGINE": "whisper", "ASR_MODEL": "tiny.en", "ASR_INSTANCE_NAME": "openai-stream",
-                     "ASR_BATCH_MAX_ITEMS": "1", "ASR_STREAM_KEEPALIVE_S": "0.1"}, tmp_path_factory.mktemp("openai-stream") / "worker.log")
-    try:
-        worker.wait_ready()
-        yield worker
-    finally:
-        worker.stop()
+def worker(module_worker, audio_dir):
+    return module_worker(ASR_ENGINE="whisper", ASR_MODEL="tiny.en", ASR_INSTANCE_NAME="openai-stream",
+                         ASR_BATCH_MAX_ITEMS="1", ASR_STREAM_KEEPALIVE_S="0.1")
 
 
 @pytest.fixture(scope="module")

@@ -74,7 +74,13 @@ class WhisperEngine:
     @classmethod
     def load(cls, path: Path, model: str, device: str, compute_type: str, cpu_threads: int) -> WhisperEngine:
         from faster_whisper import WhisperModel
+        from threadpoolctl import threadpool_limits
 
+        # numpy's OpenBLAS keeps a pool of spinning threads of its own beside
+        # CTranslate2's OpenMP pool; on a few cores the two pools fight for
+        # them. The only BLAS work here (the mel filter product of the
+        # feature extraction) is small: one thread does it.
+        threadpool_limits(limits=1, user_api="blas")
         if compute_type == "auto":
             compute_type = "float16" if device.startswith("cuda") else "int8"
         whisper_model = WhisperModel(
