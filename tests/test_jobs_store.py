@@ -5,6 +5,7 @@ workers, a dead worker's segments come back, a result is written once."""
 from __future__ import annotations
 
 import concurrent.futures
+import threading
 import time
 
 import pytest
@@ -36,13 +37,17 @@ def test_concurrent_claims_hand_every_segment_to_exactly_one_worker(tmp_path):
     store = SQLiteStore(tmp_path / "jobs.db")
     work_id = _work(store, 200)
 
+    start = threading.Barrier(4)
+
     def drain(worker: str) -> list[int]:
         mine = []
         local = SQLiteStore(tmp_path / "jobs.db")  # its own connection, as another process would
         local.heartbeat(worker, worker, 0.1)
+        start.wait()  # all four claim at once, not one after another
         while claimed := local.claim(worker, 3, 30, 3):
             mine += [c.id for c in claimed]
             local.complete(worker, [Outcome(c.id, '{"text": "x"}') for c in claimed])
+            time.sleep(0.002)  # as the model would take: the others get their turn
         return mine
 
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
