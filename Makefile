@@ -21,7 +21,10 @@ $(VENV)/.installed: requirements.txt
 	scripts/setup.sh
 	touch $@
 
+# The tests also need nginx, ffmpeg and chromium (the page's browser test):
+# installed with apt when missing, as for CI.
 test: setup
+	scripts/setup.sh --test
 	$(PY) -m pytest -q tests
 
 # Under a minute: the tests that need no model, worker or fleet.

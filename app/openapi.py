@@ -35,13 +35,14 @@ def _openai_form(*, transcription: bool) -> dict:
         "response_format": {"type": "string", "enum": list(formats.RESPONSE_FORMATS), "default": "json"},
         "temperature": {"type": "number", "minimum": 0, "maximum": 1, "default": 0},
         "stream": {"type": "boolean", "default": False,
-                   "description": "text/event-stream of transcript.text.delta, then transcript.text.done (json/text only)"},
+                   "description": "text/event-stream of transcript.text.delta (with its `segments`' times, "
+                                  "our extension), then transcript.text.done (json/text only)"},
     }
     if transcription:
         properties.update({
             "language": LANGUAGE,
             "timestamp_granularities[]": {"type": "array", "items": {"type": "string", "enum": ["segment", "word"]},
-                                          "description": "word: top-level words in verbose_json (Whisper only)"},
+                                          "description": "word: top-level words in verbose_json (Whisper, SenseVoice)"},
             "chunking_strategy": {"type": "string", "description": "auto or {\"type\": \"server_vad\"}"},
             "include[]": {"type": "array", "items": {"type": "string"}, "description": "not supported: 400"},
         })
@@ -146,6 +147,8 @@ def document() -> dict:
         "/stats": _get("Request counts, latency percentiles, real-time factor", "operations"),
         "/metrics": _get("Prometheus metrics", "operations", {"type": "string"}, "text/plain"),
         "/openapi.json": _get("This document", "operations"),
+        "/": _get("The page for people: upload or record, the streamed transcript, the fleet", "operations",
+                  {"type": "string"}, "text/html"),
     }
     return {
         "openapi": "3.1.0",

@@ -14,6 +14,7 @@ and end time for SRT.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -25,6 +26,12 @@ from app.audio import SAMPLE_RATE
 # with 200 ms; Mandarin CER 0.105 against 0).
 MIN_SILENCE_MS = 100
 SPEECH_PAD_MS = 200
+# A long recording is cut chunk by chunk (Segmenter.split_progressively), so
+# its first segments are queued for the fleet after a second, not after the
+# whole hour's VAD (~7 s). A segment ending within the guard of a chunk's end
+# may go on past it: it is found again in the next chunk, which starts there.
+CHUNK_SECONDS = 60.0
+CHUNK_GUARD_SECONDS = 2.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +83,27 @@ class Segmenter:
                                        sampling_rate=SAMPLE_RATE)
         segments = [Segment(s["start"] / SAMPLE_RATE, s["end"] / SAMPLE_RATE) for s in stamps]
         return [piece for segment in segments for piece in self._hard_split(segment)]
+
+    def split_progressively(self, samples: np.ndarray) -> Iterator[list[Segment]]:
+        """The same segments as `split`, within VAD's own noise at the chunk
+        seams (tests/test_vad_chunks.py), yielded a chunk at a time."""
+        # Room for two whole segments in a chunk, so each chunk keeps one.
+        chunk = int(max(CHUNK_SECONDS, 2 * self.max_seconds + 2 * CHUNK_GUARD_SECONDS) * SAMPLE_RATE)
+        start = 0
+        while start < len(samples):
+            end = min(len(samples), start + chunk)
+            offset = start / SAMPLE_RATE
+            found = [Segment(s.start + offset, s.end + offset) for s in self.split(samples[start:end])]
+            if end == len(samples):
+                yield found
+                return
+            cutoff = (end / SAMPLE_RATE) - CHUNK_GUARD_SECONDS
+            kept = [segment for segment in found if segment.end <= cutoff]
+            # Resume where the first segment not kept starts (it is cut
+            # again, whole), else at the cutoff, which is silence.
+            resume = found[len(kept)].start if len(kept) < len(found) else cutoff
+            yield kept
+            start = max(int(round(resume * SAMPLE_RATE)), start + 1)
 
     def _hard_split(self, segment: Segment) -> list[Segment]:
         # Silero pads each segment, which can push it a little past the limit.

@@ -28,10 +28,10 @@ from pathlib import Path
 
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import fleet_config as fc  # noqa: E402
-import fleet_state as fs  # noqa: E402
-from fleet_supervisor import Supervisor  # noqa: E402
+# Run as a script, so this folder is on sys.path: the fleet package is found.
+from fleet import config as fc
+from fleet import state as fs
+from fleet.supervisor import Supervisor
 
 # Requests an instance must have served before its error rate can alert.
 MIN_REQUESTS_FOR_RATE = 20

@@ -1,35 +1,26 @@
-"""Shared fixtures: the shared recordings, apps built per case, real workers."""
+"""Shared fixtures: the shared recordings, apps built in this process, real
+Gunicorn workers (the bad-input catalogue's among them), a fleet settled
+before each test, and a private temp folder. How a worker is started is
+tests/machine.py's; here is only how long it lives."""
 
 from __future__ import annotations
 
 import importlib.util
-import os
-import socket
-import subprocess
-import sys
-import time
+import tempfile
 from pathlib import Path
 
 import pytest
-import requests
+from bad_input import serve_catalogue
+from machine import REPO, require_recordings, workers
 
 from app import create_app
 from app.settings import Settings
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_AUDIO = REPO.parent / "shared" / "audio"
-GUNICORN = Path(sys.executable).parent / "gunicorn"
-
 
 @pytest.fixture(scope="session")
 def audio_dir() -> Path:
-    """../shared/audio; where the recordings are absent, a skip for a
-    developer and a failure in CI, where a skip would hide a broken setup."""
-    if not (SHARED_AUDIO / "jfk.flac").exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true and the shared recordings are missing from {SHARED_AUDIO}")
-        pytest.skip("../shared/audio is not present")
-    return SHARED_AUDIO
+    """../shared/audio: a skip for a developer without it, a failure in CI."""
+    return require_recordings()
 
 
 @pytest.fixture(scope="session")
@@ -47,18 +38,20 @@ def tiny_model_dir(tmp_path_factory, make_tiny_model) -> Path:
     return make_tiny_model.make_model(tmp_path_factory.mktemp("models") / "tiny-sensevoice")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+@pytest.fixture(scope="session")
+def ready_app():
+    """`ready_app(Settings(...))`: a worker app in this process, its model loaded."""
+    def build(settings: Settings):
+        app = create_app(settings)
+        assert app.extensions["asr"].wait_ready(120), app.extensions["asr"].reason
+        return app
+    return build
 
 
 @pytest.fixture(scope="session")
-def pocketsphinx_app():
+def pocketsphinx_app(ready_app):
     """One ready worker app on the embedded engine, shared by read-only tests."""
-    app = create_app(Settings(engine="pocketsphinx", instance_name="test-worker"))
-    assert app.extensions["asr"].wait_ready(120), app.extensions["asr"].reason
-    return app
+    return ready_app(Settings(engine="pocketsphinx", instance_name="test-worker"))
 
 
 @pytest.fixture()
@@ -66,76 +59,47 @@ def client(pocketsphinx_app):
     return pocketsphinx_app.test_client()
 
 
-class Worker:
-    """A real Gunicorn worker process on a free loopback port."""
-
-    def __init__(self, env: dict[str, str], log_path: Path):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        full_env = {**os.environ, "ASR_PORT": str(self.port), **env}
-        self._log = open(log_path, "wb")
-        self.process = subprocess.Popen(
-            [str(GUNICORN), "-c", "deploy/gunicorn.conf.py", "app:create_app()"],
-            cwd=REPO, env=full_env, stdout=self._log, stderr=subprocess.STDOUT)
-
-    def wait_ready(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"worker exited {self.process.returncode}: {self.log()}")
-            try:
-                if requests.get(self.url + "/health", timeout=1).status_code == 200:
-                    return
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"worker not ready in {timeout} s: {self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-3000:]
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-
-
 @pytest.fixture(scope="module")
 def module_worker(tmp_path_factory):
     """Starts real Gunicorn workers shared by one test module's cases:
     `module_worker(ASR_ENGINE="whisper", ...)` returns a ready Worker."""
-    workers: list[Worker] = []
-
-    def start(**env: str) -> Worker:
-        folder = tmp_path_factory.mktemp(env.get("ASR_INSTANCE_NAME", "worker"))
-        worker = Worker(env, folder / "worker.log")
-        workers.append(worker)
-        worker.wait_ready()
-        return worker
-
-    yield start
-    for worker in workers:
-        worker.stop()
+    with workers(tmp_path_factory) as start:
+        yield start
 
 
 @pytest.fixture()
-def start_worker(tmp_path):
-    """Starts real Gunicorn workers with extra ASR_* variables; stops them after."""
-    workers: list[Worker] = []
+def start_worker(tmp_path_factory):
+    """Starts real Gunicorn workers for one test: `start_worker(wait=False,
+    private_tmp=True, ASR_ENGINE=...)`; they stop after it."""
+    with workers(tmp_path_factory) as start:
+        yield start
 
-    def start(wait: bool = True, **env: str) -> Worker:
-        worker = Worker(env, tmp_path / f"worker-{len(workers)}.log")
-        workers.append(worker)
-        if wait:
-            worker.wait_ready()
-        return worker
 
-    yield start
-    for worker in workers:
-        worker.stop()
+@pytest.fixture(scope="session")
+def catalogue_worker(tmp_path_factory, audio_dir):
+    """The one worker both halves of the bad-input catalogue
+    (test_bad_input_*.py) are sent to, so the check after them covers every row."""
+    with workers(tmp_path_factory) as start, serve_catalogue(start, audio_dir,
+                                                             tmp_path_factory.mktemp("media")) as served:
+        yield served
+
+
+@pytest.fixture()
+def settled(fleet):
+    """For a test module with a `fleet` fixture: each test starts from the
+    fleet's active instances all healthy and in the upstream, whatever the
+    test before killed, froze or scaled."""
+    fleet.wait_settled(fleet.active, timeout=90)
+    return fleet
+
+
+@pytest.fixture()
+def private_tmp(tmp_path, monkeypatch):
+    """Points this process and its children (ffmpeg) at an empty temp folder,
+    and checks it is empty again after the test."""
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    monkeypatch.setenv("TMPDIR", str(folder))
+    yield folder
+    assert list(folder.iterdir()) == [], "a temp file was left behind"

@@ -1,61 +1,40 @@
 """A real fleet for tests: its own fleet file, run folder and free ports, so
 it never collides with a `make serve` fleet; driven through scripts/fleet.py.
-Also what the tests inspect of it: its processes and their listening sockets."""
+Also its process tree, as tests inspect it.
+The traffic tests send through it is tests/fleet_traffic.py's."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
-import time
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import requests
+from machine import (
+    REPO,
+    SHARED_AUDIO,
+    free_port_range,
+    free_ports,
+    require_recordings,
+    require_tool,
+    wait_for,
+)
+from speech import CARDS
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_AUDIO = Path(__file__).resolve().parents[2] / "shared" / "audio"
-CLIP = SHARED_AUDIO / "cards001.wav"
-CLIPS = [SHARED_AUDIO / f"cards00{n}.wav" for n in range(1, 6)]
+CLIP = SHARED_AUDIO / CARDS[0]
+CLIPS = [SHARED_AUDIO / name for name in CARDS]
+# Tests import the fleet's own modules (`from fleet import config`) from here.
 sys.path.insert(0, str(REPO / "scripts"))
 
-from bench_lab import free_ports  # noqa: E402  (one port finder for tests and benchmarks)
-
-
-def free_port_range(count: int) -> int:
-    """The first of `count` consecutive free loopback ports (the fleet file's
-    shorthand numbers its instances base_port + n)."""
-    for _ in range(200):
-        base = random.randrange(20000, 60000 - count)
-        socks = []
-        try:
-            for port in range(base, base + count):
-                sock = socket.socket()
-                socks.append(sock)
-                sock.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for sock in socks:
-                sock.close()
-    raise AssertionError(f"no {count} consecutive free ports")
-
-
-def require(present: bool, what: str) -> None:
-    """A missing component skips a developer's run and fails CI's, where a
-    skip would hide a broken setup."""
-    if not present:
-        import pytest
-
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true and {what}")
-        pytest.skip(what)
+from fleet import config as fleet_config  # found through the line above
 
 
 def merge(*dicts: dict) -> dict:
@@ -65,17 +44,6 @@ def merge(*dicts: dict) -> dict:
         for k, v in d.items():
             out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.25):
-    """Polls until predicate() is truthy; fails the test with `what` if not."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 # The test fleets' fleet file, as tables (merged with each fleet's changes).
@@ -107,6 +75,10 @@ def toml_text(top: dict, instances: list[dict], tables: dict) -> str:
 
 
 class Fleet:
+    """Real pocketsphinx workers behind Nginx under supervisord, as the
+    fleet file this object writes describes them; `weights` gives each
+    instance's weight (their count is max_instances), `active` how many start."""
+
     def __init__(self, root: Path, weights: list[int], active: int, max_upload_mb: float = 1,
                  tables: dict | None = None, instance_env: dict[int, dict] | None = None,
                  min_instances: int = 2):
@@ -118,6 +90,7 @@ class Fleet:
         self.url = f"http://127.0.0.1:{self.front_port}"
         self.names = [f"asr-{port}" for port in self.ports]
         self.weights = dict(zip(self.names, weights))
+        self.active = active
         self.top = {"front_port": self.front_port, "engine": "pocketsphinx", "instances": active,
                     "min_instances": min_instances, "max_instances": len(weights)}
         self.instances = [{"port": port, "device": "cpu", "weight": weight}
@@ -137,12 +110,14 @@ class Fleet:
             raise ValueError("Fleet.like takes a shorthand fleet file")
         fleet = cls.__new__(cls)
         fleet.root, fleet.run_dir, fleet.config = root, root / "run", root / "fleet.toml"
-        size = raw.get("max_instances") or raw.get("instances", 3)
+        # What the fleet would run on this machine (instances = "auto" counts cores).
+        size = fleet_config.load(source, root / "run")["max_instances"]
         fleet.front_port, base = free_ports(1)[0], free_port_range(size)
         fleet.ports = list(range(base, base + size))
         fleet.url = f"http://127.0.0.1:{fleet.front_port}"
         fleet.names = [f"asr-{port}" for port in fleet.ports]
         fleet.weights = {name: 1 for name in fleet.names}
+        fleet.active = None  # as many as the fleet file starts
         fleet.top = {k: v for k, v in raw.items() if not isinstance(v, dict)}
         fleet.top.update(front_port=fleet.front_port, base_port=base)
         fleet.instances = []
@@ -150,6 +125,11 @@ class Fleet:
         fleet.write_config()
         fleet.env = {k: v for k, v in os.environ.items() if not k.startswith(("FLEET_", "ASR_"))}
         return fleet
+
+    @functools.cached_property
+    def resolved(self) -> dict:
+        """The fleet file as the running fleet resolved it (its run folder's copy)."""
+        return fleet_config.read_resolved(self.run_dir)
 
     def write_config(self, extra: str = "", tables: dict | None = None) -> None:
         """The fleet file: the fleet's tables with `tables` merged in, then `extra` text."""
@@ -160,7 +140,7 @@ class Fleet:
         result = subprocess.run(
             [sys.executable, str(REPO / "scripts" / "fleet.py"), "--config", str(self.config),
              "--run-dir", str(self.run_dir), *args],
-            cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout)
+            check=False, cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout)
         if check:
             assert result.returncode == 0, f"fleet.py {' '.join(args)}: {result.stdout}\n{result.stderr}"
         return result
@@ -176,10 +156,16 @@ class Fleet:
         return path.read_text() if path.exists() else ""
 
     def pid(self, name: str) -> int:
-        out = subprocess.run([str(Path(sys.executable).parent / "supervisorctl"), "-c",
-                              str(self.run_dir / "supervisord.conf"), "pid", name],
-                             capture_output=True, text=True).stdout.strip()
-        return int(out) if out.isdigit() else 0
+        """The instance's Gunicorn master pid as Supervisor has it (0: not running)."""
+        command = [require_tool("supervisorctl"), "-c", str(self.run_dir / "supervisord.conf"), "pid", name]
+
+        def answer() -> str | None:
+            # On a loaded machine supervisorctl can fail to get an answer; a
+            # missing number is asked again, never read as "not running".
+            out = subprocess.run(command, check=False, capture_output=True, text=True, timeout=60).stdout
+            out = out.strip()
+            return out if out.isdigit() else None
+        return int(wait_for(answer, 30, f"supervisorctl to give the pid of {name}", interval=0.5))
 
     def signal_instance(self, name: str, sig: int) -> int:
         """Signals the instance's whole process group (Gunicorn master and worker)."""
@@ -202,12 +188,27 @@ class Fleet:
         wait_for(lambda: self.settled(size), timeout, f"the fleet to settle at size {size}")
 
     def start(self) -> None:
+        """Brings the fleet up; what it needs missing, a skip (a failure under CI=true)."""
+        for tool in ("nginx", "supervisord"):
+            require_tool(tool)
+        require_recordings(*CARDS)
         result = self.cli("serve", "--no-setup", "--timeout", "120", check=False, timeout=200)
         if result.returncode != 0:
             logs = "\n".join(f"--- {p.name}\n{p.read_text()[-1500:]}"
                              for p in sorted((self.run_dir / "logs").glob("*.log")))
             self.stop()
             raise AssertionError(f"fleet did not start:\n{result.stdout}\n{result.stderr}\n{logs}")
+
+    @contextlib.contextmanager
+    def running(self, size: int | None = None, timeout: float = 120) -> Iterator[Fleet]:
+        """Started and settled (`size` active instances, each healthy and in
+        the upstream), for a fixture to yield; stopped on leaving."""
+        self.start()
+        try:
+            self.wait_settled(size, timeout)
+            yield self
+        finally:
+            self.stop()
 
     def stop(self) -> None:
         try:
@@ -229,27 +230,4 @@ def fleet_processes(run_dir: Path) -> list[psutil.Process]:
     """supervisord and everything under it."""
     parent = psutil.Process(int((run_dir / "supervisord.pid").read_text()))
     return [parent] + parent.children(recursive=True)
-
-
-def instance_processes(port: int) -> list[psutil.Process]:
-    """Every process of this user whose environment says it serves `port`
-    (Gunicorn master and worker, the decoder process, its resource tracker),
-    wherever it hangs in the process tree."""
-    found = []
-    for proc in psutil.process_iter(["pid"]):
-        try:
-            if proc.environ().get("ASR_PORT") == str(port):
-                found.append(proc)
-        except psutil.Error:
-            pass
-    return found
-
-
-def listeners() -> dict[int, set[tuple[str, int]]]:
-    """Listening TCP sockets: port -> {(address, pid)}."""
-    out: dict[int, set[tuple[str, int]]] = {}
-    for conn in psutil.net_connections("tcp"):
-        if conn.status == psutil.CONN_LISTEN:
-            out.setdefault(conn.laddr.port, set()).add((conn.laddr.ip, conn.pid))
-    return out
 

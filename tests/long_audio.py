@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import requests
 import soundfile
+from machine import SHARED_AUDIO
 
-from tests.speech import ENGLISH, SHARED_AUDIO, reference
+from tests.speech import ENGLISH, reference
 
 RATE = 16_000
 GAP_S = 0.7

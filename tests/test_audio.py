@@ -1,15 +1,14 @@
 """Decoding: every format in, 16 kHz mono float32 out; bad input, a clear error."""
 
-import io
 import struct
 
 import numpy as np
 import pytest
 import soundfile
+from speech import CLIENT_FORMATS, audio_bytes, encode
 
 from app import audio
 from app.errors import BadAudio, TooLarge, UnsupportedMedia
-from tests.speech import ENCODINGS, encode
 
 pytestmark = pytest.mark.unit
 
@@ -23,7 +22,7 @@ def source(audio_dir):
     return audio_dir / SOURCE, len(samples) / rate
 
 
-@pytest.mark.parametrize("name", sorted(ENCODINGS))
+@pytest.mark.parametrize("name", CLIENT_FORMATS)
 def test_every_format_decodes_to_16k_mono_float32(source, name, tmp_path):
     path, seconds = source
     samples = audio.decode(encode(path, name, tmp_path), **LIMITS)
@@ -59,12 +58,6 @@ def test_non_audio_is_unsupported_media():
         audio.decode(b"%PDF-1.4 this is not audio at all " * 50, **LIMITS)
 
 
-def wav_bytes(samples: np.ndarray, rate: int = 16000, subtype: str = "PCM_16") -> bytes:
-    buffer = io.BytesIO()
-    soundfile.write(buffer, samples, rate, format="WAV", subtype=subtype)
-    return buffer.getvalue()
-
-
 def test_over_duration_limit_is_413_before_decoding(audio_dir):
     with pytest.raises(TooLarge, match="the limit is 5 s"):
         audio.decode((audio_dir / "jfk.flac").read_bytes(), max_seconds=5, ffmpeg_timeout=30)
@@ -78,17 +71,17 @@ def test_over_duration_limit_through_ffmpeg(source, tmp_path):
 
 def test_too_short_audio():
     with pytest.raises(BadAudio, match="audio too short"):
-        audio.decode(wav_bytes(np.zeros(100, dtype=np.float32)), **LIMITS)
+        audio.decode(audio_bytes(np.zeros(100, dtype=np.float32)), **LIMITS)
 
 
 def test_nan_samples_are_refused():
     samples = np.full(16000, np.nan, dtype=np.float32)
     with pytest.raises(BadAudio, match="NaN or infinite"):
-        audio.decode(wav_bytes(samples, subtype="FLOAT"), **LIMITS)
+        audio.decode(audio_bytes(samples, subtype="FLOAT"), **LIMITS)
 
 
 def test_header_claiming_gigabytes_decodes_only_what_is_there():
-    data = bytearray(wav_bytes(np.zeros(16000, dtype=np.float32) + 0.1))
+    data = bytearray(audio_bytes(np.zeros(16000, dtype=np.float32) + 0.1))
     data[40:44] = struct.pack("<I", 0xFFFFFFF0)  # the data chunk claims ~4 GB
     samples = audio.decode(bytes(data), **LIMITS)
     assert len(samples) == 16000

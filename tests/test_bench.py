@@ -6,11 +6,11 @@ import json
 import sys
 
 import pytest
-from conftest import REPO
+from machine import REPO
 
 sys.path.insert(0, str(REPO / "scripts"))
-import bench
-import bench_doc
+from bench import cli as bench
+from bench import doc as bench_doc
 
 pytestmark = pytest.mark.unit
 

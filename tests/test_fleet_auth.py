@@ -8,8 +8,6 @@ header through. /health stays open, so the poller keeps working.
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import requests
 from fleet_harness import CLIPS, Fleet
@@ -19,19 +17,14 @@ pytestmark = pytest.mark.fleet
 
 @pytest.fixture(scope="module")
 def keyed_fleet(tmp_path_factory):
-    if shutil.which("nginx") is None or not CLIPS[0].exists():
-        pytest.skip("needs nginx and ../shared/audio")
     root = tmp_path_factory.mktemp("keyed-fleet")
     keys = root / "api-keys"
     keys.write_text("# one key per line\nfleet-key-1\n")
     keys.chmod(0o600)
     fleet = Fleet(root, weights=[1], active=1, min_instances=1,
                   tables={"worker": {"env": {"ASR_API_KEY_FILE": str(keys)}}})
-    fleet.start()
-    try:
+    with fleet.running(1):
         yield fleet
-    finally:
-        fleet.stop()
 
 
 def post(url, **headers):

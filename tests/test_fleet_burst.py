@@ -20,17 +20,14 @@ concurrency.
 from __future__ import annotations
 
 import collections
-import shutil
 import time
 
 import psutil
 import pytest
 from fleet_burst import Burst, HealthWatch, multipart, post
-from fleet_harness import REPO, SHARED_AUDIO, Fleet, require, wait_for  # also puts scripts/ on sys.path
+from fleet_harness import Fleet
+from machine import REPO, SHARED_AUDIO, wait_for
 from speech import reference, word_error_rate
-
-# isort: split
-import fleet_config as fc
 
 pytestmark = pytest.mark.fleet
 
@@ -49,19 +46,14 @@ TARGET = 4
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory, audio_dir):
-    require(shutil.which("nginx") is not None, "nginx is not installed (scripts/setup.sh --system)")
     fleet = Fleet.like(tmp_path_factory.mktemp("burst"), REPO / "fleet.toml")
-    fleet.start()
-    try:
-        fleet.resolved = fc.read_resolved(fleet.run_dir)
+    with fleet.running():
         fleet.size = fleet.resolved["initial_instances"]
         fleet.wait_settled(fleet.size, timeout=120)
         fleet.active_ports = fleet.ports[:fleet.size]
         fleet.capacity = fleet.status()["capacity"]
         fleet.body = multipart(SHARED_AUDIO / CLIP)
         yield fleet
-    finally:
-        fleet.stop()
 
 
 def _processes(fleet: Fleet) -> dict[str, set[int]]:

@@ -1,5 +1,5 @@
-"""The machine's capacity (scripts/fleet_capacity.py): each instance's thread
-budget and admission limit, rendered into Supervisor's and Nginx's configs,
+"""The machine's capacity (scripts/fleet/capacity.py): the instance count of
+instances = "auto", each instance's thread budget and admission limit, rendered into Supervisor's and Nginx's configs,
 and the autoscaler never adding a CPU instance to saturated cores."""
 
 from __future__ import annotations
@@ -7,15 +7,15 @@ from __future__ import annotations
 import configparser
 from pathlib import Path
 
+import fleet_harness  # noqa: F401 - puts scripts/ on sys.path, for the fleet's modules below
 import pytest
-from fleet_harness import REPO  # also puts scripts/ on sys.path
+from machine import REPO
 
 # isort: split
-import fleet_capacity as capacity
-import fleet_config as fc
-import fleet_render as render
-import fleet_state as fs
-from fleet_autoscale import Autoscaler
+from fleet import capacity, render
+from fleet import config as fc
+from fleet import state as fs
+from fleet.autoscale import Autoscaler
 
 pytestmark = pytest.mark.unit
 
@@ -42,6 +42,24 @@ def test_cpu_instances_share_the_cores_at_max_size_and_gpus_keep_their_default(t
     assert {i["cpu_threads"] for i in explicit["instances"]} == {3}
 
 
+def test_auto_instances_are_one_per_gpu_else_one_per_core_up_to_the_cap(tmp_path):
+    def shape(resolved: dict) -> list[tuple[str, int | None]]:
+        assert resolved["min_instances"] == resolved["initial_instances"] == resolved["max_instances"]
+        return [(i["device"], i["cpu_threads"]) for i in resolved["instances"]]
+
+    auto = 'instances = "auto"\n'
+    assert shape(resolve(tmp_path, auto, cores=1)) == [("cpu", 1)]
+    assert shape(resolve(tmp_path, auto, cores=2)) == [("cpu", 1)] * 2
+    assert shape(resolve(tmp_path, auto, cores=16)) == [("cpu", 16 // capacity.MAX_AUTO_CPU_INSTANCES)] * 4
+    assert shape(resolve(tmp_path, auto, gpus=3, cores=16)) == [("0", None), ("1", None), ("2", None)]
+    assert shape(resolve(tmp_path, auto + "gpus = [1]\n", gpus=2, cores=16)) == [("1", None)]
+    listed = resolve(tmp_path, auto + "[[instance]]\nport = 9001\n[[instance]]\nport = 9002\n", cores=16)
+    assert listed["initial_instances"] == 2
+    assert resolve(tmp_path, "", cores=2)["initial_instances"] == 2  # "auto" is the default
+    with pytest.raises(fc.FleetError, match="instances must be"):
+        resolve(tmp_path, 'instances = "many"\n')
+
+
 def test_the_budget_and_the_admission_limit_are_rendered_for_workers_and_nginx(tmp_path):
     resolved = resolve(tmp_path, "instances = 2\n[[instance]]\nport = 9001\ndevice = 0\n"
                                  "[[instance]]\nport = 9002\nmax_concurrent = 3\n", gpus=1, cores=2)
@@ -58,6 +76,11 @@ def test_the_budget_and_the_admission_limit_are_rendered_for_workers_and_nginx(t
     assert "server 127.0.0.1:9002 weight=1 max_conns=3 max_fails=0;" in upstream
     nginx = (tmp_path / "run" / "nginx.conf").read_text()
     assert "add_header Retry-After 1 always;" in nginx.split("location @no_worker")[1]
+    # Uploads up to 16 MB stay in Nginx's memory (fleet.toml: nginx.body_buffer_mb).
+    assert "client_body_buffer_size 16384k;" in nginx
+    small = resolve(tmp_path, "instances = 2\n[nginx]\nbody_buffer_mb = 0.5\n")
+    render.render_all(small, fs.read_state(tmp_path / "run", small))
+    assert "client_body_buffer_size 512k;" in (tmp_path / "run" / "nginx.conf").read_text()
 
 
 def test_passive_health_comes_back_only_when_asked_for(tmp_path):

@@ -9,12 +9,13 @@ import subprocess
 import sys
 import time
 
+import fleet_harness  # noqa: F401 - puts scripts/ on sys.path, for the fleet's modules below
 import pytest
-from fleet_harness import wait_for  # also puts scripts/ on sys.path
+from machine import wait_for
 
 # isort: split
-import fleet_liveness as liveness
-from fleet_supervisor import probe
+from fleet import liveness
+from fleet.supervisor import probe
 
 pytestmark = pytest.mark.unit
 

@@ -17,7 +17,6 @@ import datetime
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,8 +24,9 @@ import threading
 
 import psutil
 import pytest
-from fleet_harness import CLIPS, Fleet, require, wait_for
-from fleet_helpers import Ledger, Stream
+from fleet_harness import CLIPS, Fleet
+from fleet_traffic import Ledger, Stream
+from machine import wait_for
 
 pytestmark = pytest.mark.fleet
 
@@ -35,18 +35,13 @@ HOGS = 6
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory, audio_dir):
-    require(shutil.which("nginx") is not None, "nginx is not installed (scripts/setup.sh --system)")
     tables = {"worker": {"request_timeout_s": 60, "graceful_timeout_s": 3, "stopwaitsecs": 6},
               "health": {"interval_s": 0.5, "timeout_s": 0.1, "eject_after": 2, "restore_after": 2,
                          "restart_after": 4}}
     fleet = Fleet(tmp_path_factory.mktemp("poller"), weights=[1, 1, 1], active=3, tables=tables,
                   min_instances=3)
-    fleet.start()
-    try:
-        fleet.wait_settled(3, timeout=120)
+    with fleet.running(3):
         yield fleet
-    finally:
-        fleet.stop()
 
 
 @contextlib.contextmanager

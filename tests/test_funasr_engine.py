@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import shutil
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from machine import require_recordings
+from speech import LIBRIVOX
 
 from app.engines import DecodeOptions
 from app.engines.base import Transcript
@@ -20,13 +21,11 @@ from app.engines.funasr_engine import (
     parse_rich_text,
     pick_device,
     prefetch,
+    timed_words,
 )
 
 pytestmark = pytest.mark.worker
 
-REPO = Path(__file__).resolve().parents[1]
-LIBRIVOX = [Path(__file__).resolve().parents[2] / "shared" / "audio"
-            / f"sense_and_sensibility_01_austen_64kb-08{n}0.wav" for n in (7, 8, 9)]
 
 
 @pytest.fixture(scope="session")
@@ -36,11 +35,10 @@ def engine(tiny_model_dir) -> FunASREngine:
 
 @pytest.fixture(scope="session")
 def librivox() -> list[np.ndarray]:
-    if not all(path.exists() for path in LIBRIVOX):
-        pytest.skip("../shared/audio LibriVox clips are not present")
+    audio_dir = require_recordings(*LIBRIVOX)
     clips = []
-    for path in LIBRIVOX:
-        audio, rate = sf.read(path, dtype="float32")
+    for name in LIBRIVOX:
+        audio, rate = sf.read(audio_dir / name, dtype="float32")
         assert rate == 16_000 and audio.ndim == 1
         clips.append(audio)
     return clips
@@ -163,3 +161,27 @@ def test_loading_a_missing_directory_fails_fast_naming_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="no-such-model"):
         FunASREngine.load(str(missing), "cpu")
     assert time.monotonic() - started < 5
+
+
+def test_sensevoice_times_its_words_inside_the_clip(engine, librivox):
+    results = engine.transcribe_batch(librivox, DecodeOptions(language="en"))
+    assert engine.word_timestamps
+    for clip, result in zip(librivox, results):
+        [piece] = result.pieces
+        starts = [word.start for word in piece.words]
+        assert piece.text == result.text and starts == sorted(starts)
+        assert all(0 <= word.start <= word.end <= len(clip) / 16_000 for word in piece.words)
+        assert (piece.start, piece.end) == (piece.words[0].start, piece.words[-1].end)
+        # Random weights: the words are noise, but each is one of the text's.
+        assert all(word.word in result.text for word in piece.words), (piece.words, result.text)
+
+
+@pytest.mark.parametrize("tokens, spans, expected", [
+    (["Hello", ",", "world", "."], [[0, 300], [300, 330], [400, 900], [900, 930]],
+     [(0.0, 0.33, "Hello,"), (0.4, 0.93, "world.")]),
+    (["<|en|>", "你", "好", "。"], [[0, 10], [60, 180], [180, 300], [300, 330]],
+     [(0.06, 0.18, "你"), (0.18, 0.33, "好。")]),
+    ([], [], []),
+])
+def test_timed_words_join_punctuation_to_the_word_before(tokens, spans, expected):
+    assert [(w.start, w.end, w.word) for w in timed_words(tokens, spans)] == expected

@@ -29,8 +29,47 @@ def _segments(count: int, seconds: float = 30.0) -> list[NewSegment]:
 def _work(store: SQLiteStore, count: int, kind: str = SYNC, key: str = "k") -> str:
     work_id, created = store.create(kind=kind, owner="", key=key, options={"language": "en"}, filename="",
                                     duration=count * 30.0, holder="w0", upload=None)
-    assert created and store.add_segments(work_id, _segments(count))
+    assert created and store.begin_cut(work_id, "w0")
+    assert store.add_segments(work_id, "w0", _segments(count))
+    assert store.end_cut(work_id, "w0") is (count == 0)
     return work_id
+
+
+def test_segments_are_claimable_while_the_cut_goes_on_and_complete_only_after_it(tmp_path):
+    store = SQLiteStore(tmp_path / "jobs.db")
+    work_id, _ = store.create(kind=JOB, owner="", key="k", options={}, filename="", duration=90.0,
+                              holder="w0", upload=b"audio")
+    assert store.begin_cut(work_id, "cutter")
+    assert store.add_segments(work_id, "cutter", _segments(2))
+    store.heartbeat("w1", "w1", 0.1)
+    first = store.claim("w1", 5, 30, 3)
+    assert [c.work_id for c in first] == [work_id] * 2
+    # Both done, but the cut is not over: the work is not complete yet.
+    assert store.complete("w1", [Outcome(c.id, '{"text": "x"}') for c in first]) == []
+    assert store.get(work_id).status == "preparing"
+    assert store.add_segments(work_id, "cutter", _segments(1))
+    assert store.end_cut(work_id, "cutter") is False  # one still queued
+    [last] = store.claim("w1", 5, 30, 3)
+    assert store.complete("w1", [Outcome(last.id, '{"text": "y"}')]) == [work_id]
+    assert [d.index for d in store.results(work_id)] == [0, 1, 2]
+    work = store.get(work_id)
+    assert (work.status, work.segments_total, work.segments_done) == ("running", 3, 3)
+
+
+def test_a_cut_taken_over_drops_the_dead_cutters_part_and_refuses_its_late_segments(tmp_path):
+    store = SQLiteStore(tmp_path / "jobs.db")
+    work_id, _ = store.create(kind=SYNC, owner="", key="k", options={}, filename="", duration=90.0,
+                              holder="first", upload=None)
+    assert store.begin_cut(work_id, "first") and store.add_segments(work_id, "first", _segments(2))
+    # The first cutter died; Nginx's replay reaches a sibling, which cuts again from the start.
+    assert store.begin_cut(work_id, "second")
+    assert store.get(work_id).segments_total == 0
+    assert not store.add_segments(work_id, "first", _segments(1))
+    assert store.add_segments(work_id, "second", _segments(3))
+    assert store.end_cut(work_id, "first") is None
+    assert store.end_cut(work_id, "second") is False
+    assert [d.index for d in store.results(work_id)] == [0, 1, 2]
+    assert not store.begin_cut(work_id, "third")  # running: nothing to cut any more
 
 
 def test_concurrent_claims_hand_every_segment_to_exactly_one_worker(tmp_path):

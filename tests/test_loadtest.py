@@ -13,16 +13,16 @@ from pathlib import Path
 import pytest
 import requests
 import soundfile
-from conftest import REPO, Worker, free_port
+from machine import REPO, free_ports
 from PIL import Image
+from speech import CARDS
 
 sys.path.insert(0, str(REPO / "scripts"))
-import loadtest
-import loadtest_report
+from loadtest import cli as loadtest
+from loadtest import report as loadtest_report
 
 pytestmark = pytest.mark.worker
 
-CARDS = [f"cards00{i}.wav" for i in range(1, 6)]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -129,17 +129,12 @@ def test_duration_bounds_the_run(worker):
     assert summary["requests"]["ok"] == summary["requests"]["sent"] == len(result.samples)
 
 
-def test_503s_under_load_are_counted_and_explained(tmp_path, audio_dir):
-    env = {"ASR_ENGINE": "pocketsphinx", "ASR_QUEUE_MAX_ITEMS": "2", "ASR_BATCH_MAX_ITEMS": "1"}
-    tiny_queue = Worker(env, tmp_path / "worker.log")
-    try:
-        tiny_queue.wait_ready()
-        # jfk.flac is four VAD segments: one request nearly fills the queue alone.
-        config = loadtest.LoadConfig(url=tiny_queue.url, files=[audio_dir / "jfk.flac"], concurrency=6,
-                                     requests=1)
-        summary = loadtest.summarize(loadtest.run_load(config))
-    finally:
-        tiny_queue.stop()
+def test_503s_under_load_are_counted_and_explained(start_worker, audio_dir):
+    tiny_queue = start_worker(ASR_ENGINE="pocketsphinx", ASR_QUEUE_MAX_ITEMS="2", ASR_BATCH_MAX_ITEMS="1")
+    # jfk.flac is four VAD segments: one request nearly fills the queue alone.
+    config = loadtest.LoadConfig(url=tiny_queue.url, files=[audio_dir / "jfk.flac"], concurrency=6,
+                                 requests=1)
+    summary = loadtest.summarize(loadtest.run_load(config))
     req, codes = summary["requests"], summary["status_codes"]
     assert req["sent"] == 6 and sum(codes.values()) == 6
     assert codes.get("503", 0) >= 1 and summary["errors"]["http_503"] == codes["503"]
@@ -151,7 +146,7 @@ def test_503s_under_load_are_counted_and_explained(tmp_path, audio_dir):
 
 
 def test_closed_port_is_reported_as_connection_errors(tmp_path, audio_dir):
-    url = f"http://127.0.0.1:{free_port()}"
+    url = f"http://127.0.0.1:{free_ports()[0]}"
     config = loadtest.LoadConfig(url=url, files=[audio_dir / "cards001.wav"], concurrency=2, requests=3)
     result = loadtest.run_load(config)
     summary = loadtest.summarize(result)
@@ -207,8 +202,9 @@ def test_gpu_figures_come_from_nvidia_smi_when_present(tmp_path, monkeypatch, au
     fake.write_text("#!/bin/sh\necho '0, NVIDIA H100 80GB HBM3, 37, 1024, 81559'\n")
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
-    config = loadtest.LoadConfig(url=f"http://127.0.0.1:{free_port()}", files=[audio_dir / "cards001.wav"],
-                                 concurrency=1, requests=2, delay=0.3, sample_interval=0.1)
+    url = f"http://127.0.0.1:{free_ports()[0]}"
+    config = loadtest.LoadConfig(url=url, files=[audio_dir / "cards001.wav"], concurrency=1, requests=2,
+                                 delay=0.3, sample_interval=0.1)
     summary = loadtest.summarize(loadtest.run_load(config))
     (gpu,) = summary["resources"]["gpus"]
     assert gpu["index"] == "0" and gpu["name"] == "NVIDIA H100 80GB HBM3"

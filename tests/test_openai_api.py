@@ -12,7 +12,6 @@ import requests
 
 from app import create_app
 from app.settings import Settings
-from tests.conftest import Worker
 
 pytestmark = pytest.mark.worker
 
@@ -21,14 +20,8 @@ READING = "sense_and_sensibility_01_austen_64kb-0870.wav"
 
 
 @pytest.fixture(scope="module")
-def worker(tmp_path_factory, audio_dir):
-    worker = Worker({"ASR_ENGINE": "whisper", "ASR_MODEL": "tiny.en", "ASR_INSTANCE_NAME": "openai-api"},
-                    tmp_path_factory.mktemp("openai-api") / "worker.log")
-    try:
-        worker.wait_ready()
-        yield worker
-    finally:
-        worker.stop()
+def worker(module_worker, audio_dir):
+    return module_worker(ASR_ENGINE="whisper", ASR_MODEL="tiny.en", ASR_INSTANCE_NAME="openai-api")
 
 
 @pytest.fixture()
@@ -80,6 +73,21 @@ def test_word_timestamps_are_monotonic_inside_their_segment_and_give_the_text(cl
     only_words = transcribe(client, audio_dir / JFK, response_format="verbose_json",
                             timestamp_granularities=["word"])
     assert only_words.segments is None and only_words.words
+
+
+def test_sensevoice_words_come_from_funasrs_ctc_timestamps(ready_app, tiny_model_dir, audio_dir):
+    http = ready_app(Settings(engine="funasr", model=str(tiny_model_dir), instance_name="sv-words")).test_client()
+    with open(audio_dir / READING, "rb") as handle:
+        body = http.post("/v1/audio/transcriptions", data={
+            "file": (handle, READING), "response_format": "verbose_json", "language": "en",
+            "timestamp_granularities[]": ["word", "segment"]}).get_json()
+    words, segments = body["words"], body["segments"]
+    assert words and segments, body  # random weights: noise words, but timed ones
+    assert all(0 <= w["start"] <= w["end"] <= body["duration"] for w in words)
+    assert all(a["end"] <= b["start"] for a, b in itertools.pairwise(words))
+    for segment in segments:
+        inside = [w for w in words if segment["start"] <= w["start"] and w["end"] <= segment["end"]]
+        assert inside and all(w["word"] in segment["text"] for w in inside)
 
 
 def test_srt_and_vtt_cues_are_readable_and_carry_the_whole_text(client, audio_dir):
@@ -155,10 +163,8 @@ def test_an_english_only_model_cannot_translate(client, audio_dir):
     assert "cannot translate" in error.value.message
 
 
-def test_engines_without_word_times_or_translation_say_so():
-    app = create_app(Settings(engine="pocketsphinx", instance_name="no-words"))
-    assert app.extensions["asr"].wait_ready(120)
-    http = app.test_client()
+def test_engines_without_word_times_or_translation_say_so(ready_app):
+    http = ready_app(Settings(engine="pocketsphinx", instance_name="no-words")).test_client()
     words = http.post("/v1/audio/transcriptions", data={"timestamp_granularities[]": "word"})
     assert words.status_code == 400
     assert "pocketsphinx engine does not time words" in words.get_json()["error"]["message"]

@@ -1,30 +1,53 @@
-"""The official openai client, unchanged, against a real Gunicorn worker on Whisper base."""
+"""The official openai client, unchanged, through a real fleet's front port
+(supervisord, Nginx, two Gunicorn workers on Whisper base): models, every
+response format, word times, streaming, translations and errors."""
 
 import openai
 import pytest
+from fleet_harness import Fleet
 
-pytestmark = pytest.mark.worker
+pytestmark = pytest.mark.fleet
 
 
 @pytest.fixture(scope="module")
-def openai_worker(module_worker, audio_dir):
-    return module_worker(ASR_ENGINE="whisper", ASR_MODEL="base", ASR_INSTANCE_NAME="openai-test")
+def fleet(tmp_path_factory, audio_dir):
+    fleet = Fleet(tmp_path_factory.mktemp("openai"), weights=[1, 1], active=2, max_upload_mb=20,
+                  tables={"worker": {"startsecs": 2}})
+    fleet.top.update(engine="whisper", model="base")
+    fleet.write_config()
+    fleet.start()
+    try:
+        fleet.wait_settled(2, timeout=120)
+        yield fleet
+    finally:
+        fleet.stop()
 
 
 @pytest.fixture()
-def client(openai_worker):
-    return openai.OpenAI(base_url=openai_worker.url + "/v1", api_key="unused", max_retries=0)
+def client(fleet):
+    return openai.OpenAI(base_url=fleet.url + "/v1", api_key="unused", max_retries=0)
+
+
+def test_models_list_what_the_fleet_serves(client):
+    assert [model.id for model in client.models.list()] == ["whisper-base", "whisper-1"]  # served, alias
+    assert client.models.retrieve("whisper-base").owned_by
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("whisper-large")
 
 
 def transcribe(client, path, **kwargs):
     with open(path, "rb") as handle:
-        return client.audio.transcriptions.create(model="whisper-1", file=handle, **kwargs)
+        return client.audio.transcriptions.create(model=kwargs.pop("model", "whisper-1"), file=handle, **kwargs)
 
 
 def test_json(client, audio_dir):
     result = transcribe(client, audio_dir / "jfk.flac")
     assert result.text == ("And so my fellow Americans, ask not what your country can do for you, "
                            "ask what you can do for your country.")
+    assert result.to_dict()["usage"] == {"type": "duration", "seconds": 11.0}
+    with pytest.raises(openai.NotFoundError) as error:
+        transcribe(client, audio_dir / "jfk.flac", model="whisper-l")
+    assert error.value.code == "model_not_found"
 
 
 def test_verbose_json_has_segments_and_language(client, audio_dir):
@@ -34,6 +57,14 @@ def test_verbose_json_has_segments_and_language(client, audio_dir):
     assert len(result.segments) >= 2
     assert all(s.end > s.start for s in result.segments)
     assert result.text == " ".join(s.text for s in result.segments)
+    assert all(s.avg_logprob < 0 and 0 <= s.no_speech_prob <= 1 for s in result.segments)
+
+
+def test_word_times_give_the_text(client, audio_dir):
+    result = transcribe(client, audio_dir / "jfk.flac", response_format="verbose_json",
+                        timestamp_granularities=["word"])
+    assert " ".join(w.word for w in result.words) == result.text
+    assert all(a.end <= b.start for a, b in zip(result.words, result.words[1:]))
 
 
 @pytest.mark.parametrize("response_format, start", [
@@ -57,6 +88,9 @@ def test_errors_arrive_as_openai_exceptions(client, audio_dir):
     assert error.value.body["param"] == "language"
     with pytest.raises(openai.BadRequestError, match="response_format"):
         transcribe(client, audio_dir / "cards001.wav", response_format="mp4")
+    with pytest.raises(openai.BadRequestError) as error:
+        transcribe(client, audio_dir / "cards001.wav", include=["logprobs"])
+    assert error.value.body["param"] == "include"
 
 
 def test_streamed_transcript_equals_the_plain_one_with_default_batching(client, audio_dir):

@@ -7,7 +7,6 @@ on its request."""
 
 import json
 import os
-import shutil
 import subprocess
 import time
 
@@ -16,9 +15,9 @@ import openai
 import pytest
 import requests
 import soundfile
+from machine import free_ports, require_tool, wait_for
 
 from app import audio
-from tests.conftest import free_port
 
 pytestmark = pytest.mark.worker
 
@@ -155,24 +154,23 @@ http {{
 
 @pytest.fixture()
 def nginx(worker, tmp_path):
-    if shutil.which("nginx") is None:
-        pytest.skip("nginx is not installed")
-    port = free_port()
+    binary = require_tool("nginx")
+    port = free_ports()[0]
     conf = tmp_path / "nginx.conf"
     # As root, Nginx's worker would run as nobody and could not write its temp files here.
     user = "user root;" if os.geteuid() == 0 else ""
     conf.write_text(NGINX_CONF.format(user=user, dir=tmp_path, port=port, worker_port=worker.port))
     with open(tmp_path / "nginx.out", "wb") as output:
-        process = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(tmp_path)], stdout=output,
+        process = subprocess.Popen([binary, "-c", str(conf), "-p", str(tmp_path)], stdout=output,
                                    stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+
+    def listening() -> bool:
         try:
-            requests.get(url + "/health", timeout=1)
-            break
-        except requests.ConnectionError:
-            time.sleep(0.1)
+            return requests.get(url + "/health", timeout=5).ok
+        except requests.RequestException:
+            return False
+    wait_for(listening, 30, "Nginx to answer", interval=0.1)
     yield url
     process.terminate()
     process.wait(timeout=10)

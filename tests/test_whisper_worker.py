@@ -9,7 +9,6 @@ import requests
 from tests.speech import (
     ENGLISH,
     MANDARIN,
-    SHARED_AUDIO,
     character_error_rate,
     encode,
     reference,
@@ -46,7 +45,7 @@ def test_english_word_error_rate_over_four_client_formats(worker, audio_dir, tmp
     references, hypotheses = [], []
     for name in ENGLISH:
         for fmt in FORMATS:
-            body = asr(worker, encode(SHARED_AUDIO / name, fmt, tmp_path), lang="en")
+            body = asr(worker, encode(audio_dir / name, fmt, tmp_path), lang="en")
             references.append(reference(name))
             hypotheses.append(body["text"])
     error_rate = word_error_rate(references, hypotheses)

@@ -5,13 +5,18 @@ import re
 import signal
 import threading
 import time
+import tomllib
 
 import pytest
 import requests
+from machine import REPO, wait_for
+from speech import CARDS
 
 pytestmark = pytest.mark.worker
 
-CARDS = [f"cards00{i}.wav" for i in range(1, 6)]
+# What the fleet's health poller allows a /health answer by default
+# (fleet.toml): answering within it is what keeps a busy worker in service.
+HEALTH_TIMEOUT_S = tomllib.loads((REPO / "fleet.toml").read_text())["health"]["timeout_s"]
 
 
 def post(url, path, endpoint="/asr", **form):
@@ -55,12 +60,19 @@ def test_full_queue_answers_503_with_retry_after_at_once(start_worker, audio_dir
     assert requests.get(worker.url + "/health", timeout=5).status_code == 200
 
 
+def in_flight(worker) -> int:
+    return (worker.health() or {}).get("in_flight", 0)
+
+
 def test_health_answers_while_a_long_inference_runs(start_worker, audio_dir):
     worker = start_worker(ASR_ENGINE="pocketsphinx")
     long_request = threading.Thread(
         target=post, args=(worker.url, audio_dir / "jfk.flac", "/asr_simple"))
     long_request.start()
-    time.sleep(0.5)
+    # From the moment the worker holds the request, not after a guessed delay
+    # that a slow or a fast machine would get wrong.
+    wait_for(lambda: in_flight(worker) or not long_request.is_alive(), 60, "the request to reach the worker",
+             interval=0.02)
     timings = []
     while long_request.is_alive() and len(timings) < 20:
         response = requests.get(worker.url + "/health", timeout=5)
@@ -68,18 +80,20 @@ def test_health_answers_while_a_long_inference_runs(start_worker, audio_dir):
         assert response.status_code == 200
         body = response.json()
         assert body["in_flight"] == 1 or not long_request.is_alive()
-        time.sleep(0.1)
+        time.sleep(0.1)  # pacing the checks, not waiting for anything
     long_request.join()
     assert len(timings) >= 3, "the inference ended before /health was checked"
-    print(f"/health during inference: max {max(timings) * 1000:.0f} ms over {len(timings)} calls", [round(t * 1000) for t in timings])
-    assert max(timings) < 1.0
+    print(f"/health during inference: max {max(timings) * 1000:.0f} ms over {len(timings)} calls",
+          [round(t * 1000) for t in timings])
+    assert max(timings) < HEALTH_TIMEOUT_S
 
 
 def test_sigterm_finishes_work_in_progress(start_worker, audio_dir):
     worker = start_worker(ASR_ENGINE="pocketsphinx")
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         pending = pool.submit(post, worker.url, audio_dir / "jfk.flac")
-        time.sleep(0.7)
+        # SIGTERM once the worker holds the request: in progress, not still in flight to it.
+        wait_for(lambda: in_flight(worker), 60, "the request to reach the worker", interval=0.02)
         worker.process.send_signal(signal.SIGTERM)
         response = pending.result()
     assert response.status_code == 200 and response.json()["text"]

@@ -7,13 +7,14 @@ model_is_available should not pay for that.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from pathlib import Path
 
 import numpy as np
 
-from app.engines.base import DecodeOptions, Transcript
+from app.engines.base import DecodeOptions, Piece, Transcript, Word
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,24 @@ def parse_rich_text(raw: str) -> Transcript:
             event = tag.lower()
     text = " ".join(_TAG.sub("", raw).split())
     return Transcript(text=text, language=language, emotion=emotion, event=event)
+
+
+def timed_words(tokens: list[str], spans: list[list[int]]) -> tuple[Word, ...]:
+    """SenseVoice's timed tokens (milliseconds) as words a reader sees:
+    punctuation joins the word before it, as in Whisper's words."""
+    words: list[Word] = []
+    for token, (start_ms, end_ms) in zip(tokens, spans):
+        # "▁" marks a word's start in SentencePiece; FunASR leaves it on the first.
+        token = _TAG.sub("", token).replace("\u2581", " ").strip()
+        if not token:
+            continue
+        start, end = start_ms / 1000, max(end_ms, start_ms) / 1000
+        if words and not any(char.isalnum() for char in token):
+            last = words[-1]
+            words[-1] = Word(last.start, max(last.end, end), last.word + token)
+        else:
+            words.append(Word(start, end, token))
+    return tuple(words)
 
 
 def pick_device(cuda_visible_devices: str | None) -> str:
@@ -143,6 +162,9 @@ class FunASREngine:
         self.sensevoice = automodel.kwargs.get("model") == "SenseVoiceSmall"
         # Other FunASR models (Paraformer, ...) take no language hint.
         self.languages = SENSEVOICE_LANGUAGES if self.sensevoice else frozenset({"auto"})
+        # SenseVoice times its tokens by CTC forced alignment (FunASR's
+        # output_timestamp): a few ms a clip, so it is always on.
+        self.word_timestamps = self.sensevoice
 
     @classmethod
     def load(cls, model: str, device: str, cache_dir: str | None = None, cpu_threads: int = 0) -> FunASREngine:
@@ -196,12 +218,25 @@ class FunASREngine:
         if not indices:
             return results
         options = {"language": language, "use_itn": True} if self.sensevoice else {}
+        batch = [clips[i] for i in indices]
         # funasr returns results in input order; every item gets the same random
         # "key", so order is the only way to match them up.
-        outputs = self._automodel.generate(
-            [clips[i] for i in indices], batch_size=len(indices), **options)
+        try:
+            outputs = self._automodel.generate(batch, batch_size=len(batch), **options,
+                                               output_timestamp=self.word_timestamps)
+        except IndexError as error:
+            # FunASR's alignment indexes its tokens past their end when one
+            # token maps to several ids; the text is fine, so the batch is
+            # recognised again without word times rather than failed.
+            log.warning("FunASR word timing failed (%s); this batch has no word times", error)
+            outputs = self._automodel.generate(batch, batch_size=len(batch), **options)
         if len(outputs) != len(indices):
             raise RuntimeError(f"funasr returned {len(outputs)} results for {len(indices)} clips")
         for index, output in zip(indices, outputs):
-            results[index] = parse_rich_text(str(output.get("text", "")))
+            transcript = parse_rich_text(str(output.get("text", "")))
+            words = timed_words(output.get("words") or [], output.get("timestamp") or [])
+            if words and transcript.text:
+                piece = Piece(words[0].start, words[-1].end, transcript.text, words)
+                transcript = dataclasses.replace(transcript, pieces=(piece,))
+            results[index] = transcript
         return results

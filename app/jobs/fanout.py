@@ -53,10 +53,14 @@ class FanOut:
             kind=SYNC, owner="", key=key, options=dataclasses.asdict(options), filename="", duration=duration,
             holder=self.puller.worker_id, upload=None)
         try:
-            # A replayed request whose first worker died before queueing
-            # the segments finds the work still "preparing": it cuts it itself.
+            # A replayed request whose first worker died before it had
+            # queued every segment finds the work still "preparing": it cuts
+            # it again (Store.begin_cut drops the part already queued).
             if created or self.store.get(work_id).status == "preparing":
-                self.store.add_segments(work_id, prepare.cut(self.transcriber, samples))
+                if not created:
+                    log.info("request %s: cutting work %s again, left mid-cut by a worker that died",
+                             request_id, work_id)
+                prepare.cut_into(self.store, work_id, self.puller.worker_id, self.transcriber, samples)
             else:
                 log.info("request %s: joined work %s, left by a worker that died", request_id, work_id)
             self.puller.wake()

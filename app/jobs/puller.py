@@ -150,7 +150,7 @@ class Puller:
 
     def _prepare(self, work, upload: bytes) -> None:
         try:
-            prepare.prepare_job(self.transcriber, self.store, work, upload)
+            prepare.prepare_job(self.transcriber, self.store, work, upload, self.worker_id)
         except Exception:  # the job fails with a reason, the worker lives on
             log.exception("preparing job %s failed", work.id)
             self.store.finish(work.id, "failed", error="internal error while preparing the job, see the worker log")

@@ -102,20 +102,42 @@ class SQLiteStore(Store):
                 db.execute("INSERT INTO uploads VALUES (?, ?)", (work_id, upload))
             return work_id, True
 
-    def add_segments(self, work_id, segments: list[NewSegment]):
+    def begin_cut(self, work_id, holder):
         with self._tx() as db:
-            row = db.execute("SELECT kind, status FROM works WHERE id = ?", (work_id,)).fetchone()
-            if row is None or row[1] not in ("queued", "preparing"):
-                return False  # cancelled meanwhile, or another worker cut it first
+            taken = db.execute("UPDATE works SET status = 'preparing', holder = ?, segments_total = 0, "
+                               "segments_done = 0, segments_failed = 0, audio_total = 0, audio_done = 0 "
+                               "WHERE id = ? AND status IN ('queued', 'preparing')", (holder, work_id)).rowcount
+            if taken:  # a cutter that died left a part: cut again from the start, nothing twice
+                db.execute("DELETE FROM segments WHERE work_id = ?", (work_id,))
+            return bool(taken)
+
+    def add_segments(self, work_id, holder, segments: list[NewSegment]):
+        with self._tx() as db:
+            row = db.execute("SELECT kind, segments_total FROM works WHERE id = ? AND status = 'preparing' "
+                             "AND holder = ?", (work_id, holder)).fetchone()
+            if row is None:
+                return False  # cancelled meanwhile, or another worker took the cut over
+            kind, first = row
             db.executemany(
                 "INSERT INTO segments (work_id, idx, spans, seconds, priority, state, audio) "
                 "VALUES (?, ?, ?, ?, ?, 'queued', ?)",
-                [(work_id, i, json.dumps(s.spans), s.seconds, PRIORITY[row[0]], s.pcm)
+                [(work_id, first + i, json.dumps(s.spans), s.seconds, PRIORITY[kind], s.pcm)
                  for i, s in enumerate(segments)])
-            db.execute("UPDATE works SET status = 'running', started = ?, segments_total = ?, audio_total = ? "
-                       "WHERE id = ?", (time.time(), len(segments), sum(s.seconds for s in segments), work_id))
-            db.execute("DELETE FROM uploads WHERE work_id = ?", (work_id,))
+            db.execute("UPDATE works SET started = coalesce(started, ?), segments_total = segments_total + ?, "
+                       "audio_total = audio_total + ? WHERE id = ?",
+                       (time.time(), len(segments), sum(s.seconds for s in segments), work_id))
             return True
+
+    def end_cut(self, work_id, holder):
+        with self._tx() as db:
+            row = db.execute("UPDATE works SET status = 'running', started = coalesce(started, ?) "
+                             "WHERE id = ? AND status = 'preparing' AND holder = ? "
+                             "RETURNING segments_done + segments_failed >= segments_total",
+                             (time.time(), work_id, holder)).fetchone()
+            if row is None:
+                return None
+            db.execute("DELETE FROM uploads WHERE work_id = ?", (work_id,))
+            return bool(row[0])
 
     def get(self, work_id):
         row = self._db().execute(f"SELECT {WORK_COLUMNS} FROM works WHERE id = ?", (work_id,)).fetchone()
@@ -220,7 +242,8 @@ def _settle(db: sqlite3.Connection, outcomes: list[Outcome], worker_id: str | No
             continue  # another worker's result came first, or the work is gone
         counter = "segments_done" if state == "done" else "segments_failed"
         done = db.execute(f"UPDATE works SET {counter} = {counter} + 1, audio_done = audio_done + ? WHERE id = ? "
-                          "RETURNING segments_done + segments_failed >= segments_total", (row[1], row[0])).fetchone()
+                          "RETURNING status = 'running' AND segments_done + segments_failed >= segments_total",
+                          (row[1], row[0])).fetchone()
         if done and done[0]:
             complete.append(row[0])
     return complete

@@ -6,8 +6,9 @@ docs/architecture.md, "Long recordings") without touching the callers.
 
 A work is one recording: `kind` "sync" (a client waits on the connection)
 or "job" (POST /v1/jobs). Its statuses: queued (a job whose upload waits to
-be decoded and cut), preparing (a worker is doing that), running (segments
-queued or in progress), then succeeded, failed or cancelled.
+be decoded and cut), preparing (a worker is cutting it; the segments cut so
+far are queued already), running (every segment queued or in progress),
+then succeeded, failed or cancelled.
 """
 
 from __future__ import annotations
@@ -102,10 +103,23 @@ class Store(abc.ABC):
         """A new work, or the unfinished one already made under `key` (a
         request Nginx replayed): (id, created)."""
 
+    # A work is cut while its segments are already being claimed: the
+    # holder adds them chunk by chunk as VAD goes, so siblings start at once.
     @abc.abstractmethod
-    def add_segments(self, work_id: str, segments: list[NewSegment]) -> bool:
-        """Queues a work's segments and marks it running; False when the
-        work is gone (cancelled meanwhile)."""
+    def begin_cut(self, work_id: str, holder: str) -> bool:
+        """Takes a queued or preparing work for cutting, dropping any part a
+        cutter that died had added; False when it is gone or already cut."""
+
+    @abc.abstractmethod
+    def add_segments(self, work_id: str, holder: str, segments: list[NewSegment]) -> bool:
+        """Queues the next segments of a work this holder is cutting; False
+        when it is gone (cancelled) or another holder took the cut over."""
+
+    @abc.abstractmethod
+    def end_cut(self, work_id: str, holder: str) -> bool | None:
+        """Marks the work running: every segment is queued. True when every
+        segment is already done (the caller assembles it), None when the
+        work is gone or no longer this holder's."""
 
     @abc.abstractmethod
     def get(self, work_id: str) -> Work | None: ...

@@ -8,7 +8,7 @@ for jobs).
 | `openai.py` | `/v1/audio/transcriptions`, `/v1/audio/translations` (form: `openai_params.py`, `stream=true`: `openai_stream.py`) |
 | `openai_models.py` | `/v1/models`, `/v1/models/{id}`, and the `model` field's check |
 | `operations.py` | `/health`, `/stats`, `/metrics` |
-| `docs.py` | `/openapi.json` |
+| `docs.py` | `/` (the page for people, app/static/), `/openapi.json` |
 | `jobs.py` | `/v1/jobs`: submit a long recording, follow its progress, fetch or cancel it |
 | `common.py` | shared by the above: upload, decode, one run through the model |
 """

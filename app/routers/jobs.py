@@ -21,6 +21,8 @@ from app.errors import BadRequest, Conflict, Gone, NotFound, Overloaded
 from app.jobs import prepare
 from app.jobs.store import FINISHED, JOB, Work
 from app.routers.common import transcriber as _transcriber
+from app.routers.openai import render_as
+from app.routers.openai_params import language_field
 from app.routers.common import upload as _upload
 
 bp = flask.Blueprint("jobs", __name__)
@@ -97,13 +99,7 @@ def render(result, response_format: str):
     """The body /v1/audio/transcriptions would have given for this result."""
     transcriber = _transcriber()
     model = transcriber.engine.model if transcriber.engine else transcriber.settings.model
-    if response_format == "json":
-        return {"text": formats.to_text(result.segments), "model": model}
-    if response_format == "verbose_json":
-        return formats.to_verbose_json(result.segments, language=result.language, duration=result.duration,
-                                       model=model)
-    text = {"text": formats.to_text, "srt": formats.to_srt, "vtt": formats.to_vtt}[response_format]
-    return flask.Response(text(result.segments), mimetype="text/vtt" if response_format == "vtt" else "text/plain")
+    return render_as(result, response_format, model=model)
 
 
 @bp.post("/v1/jobs")
@@ -111,7 +107,7 @@ def create():
     transcriber = _transcriber()
     form = flask.request.form
     response_format = response_format_of(form)
-    language = transcriber.check_language(form.get("language"))
+    language = language_field(form.get("language"))  # OpenAI's 400, as /v1/audio/transcriptions
     data = _upload()
     settings = transcriber.settings
     samples = audio.decode(data, max_seconds=settings.max_job_audio_seconds,

@@ -35,14 +35,21 @@ def _answer(request: openai_params.OpenAIRequest):
 
 
 def render(result: Transcription, request: openai_params.OpenAIRequest):
+    return render_as(result, request.response_format, model=request.model, task=request.options.task,
+                     granularities=request.granularities)
+
+
+def render_as(result: Transcription, response_format: str, *, model: str, task: str = "transcribe",
+              granularities: frozenset[str] = frozenset({"segment"})):
+    """The body of a finished transcription in an OpenAI response_format
+    (also a job's result, app/routers/jobs.py)."""
     segments = result.segments
-    if request.response_format == "json":
-        return formats.to_json(segments, duration=result.duration, model=request.model)
-    if request.response_format == "verbose_json":
+    if response_format == "json":
+        return formats.to_json(segments, duration=result.duration, model=model)
+    if response_format == "verbose_json":
         # For a translation too, `language` is the language that was spoken.
         return formats.to_verbose_json(segments, language=result.language, duration=result.duration,
-                                       model=request.model, task=request.options.task,
-                                       granularities=request.granularities)
-    render_text = {"text": formats.to_text, "srt": formats.to_srt, "vtt": formats.to_vtt}[request.response_format]
-    mimetype = "text/vtt" if request.response_format == "vtt" else "text/plain"
+                                       model=model, task=task, granularities=granularities)
+    render_text = {"text": formats.to_text, "srt": formats.to_srt, "vtt": formats.to_vtt}[response_format]
+    mimetype = "text/vtt" if response_format == "vtt" else "text/plain"
     return flask.Response(render_text(segments), mimetype=mimetype)

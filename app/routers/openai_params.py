@@ -45,7 +45,7 @@ def parse(form, *, task: str) -> OpenAIRequest:
         raise BadRequest(f"{engine.model} cannot translate (an English-only or non-Whisper model); "
                          "serve a multilingual Whisper model for /v1/audio/translations", param="model")
     # Translations take no language: Whisper detects it and answers in English.
-    language = _language(form.get("language")) if task == "transcribe" else "auto"
+    language = language_field(form.get("language")) if task == "transcribe" else "auto"
     options = DecodeOptions(language=language, task=task, prompt=(form.get("prompt") or "").strip() or None,
                             temperature=_temperature(form.get("temperature")))
     return OpenAIRequest(model, response_format, granularities, stream, options)
@@ -101,7 +101,8 @@ def _temperature(value: str | None) -> float:
     return temperature
 
 
-def _language(value: str | None) -> str:
+def language_field(value: str | None) -> str:
+    """The `language` field as /v1 takes it (also /v1/jobs)."""
     try:
         return transcriber().check_language(value)
     except Unprocessable as error:

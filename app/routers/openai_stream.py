@@ -1,6 +1,7 @@
 """stream=true: OpenAI's server-sent events. One `transcript.text.delta`
 per window of speech as the model finishes it, in order, then
-`transcript.text.done` with the whole text and `usage`.
+`transcript.text.done` with the whole text and `usage`. Each delta also
+carries its `segments` with their times (our extension).
 
 The deltas joined are exactly the text of the non-streamed answer. While a
 window is still being recognised a comment line goes out every
@@ -65,7 +66,11 @@ def _events(windows: Iterator, duration: float) -> Iterator[str]:
                     continue
                 delta = f" {text}" if parts else text
                 parts.append(delta)
-                yield _event({"type": "transcript.text.delta", "delta": delta, "logprobs": None})
+                # `segments` is ours, not OpenAI's: the delta's times, for
+                # clients (the page at /) that show them as they come.
+                # OpenAI's client keeps unknown fields and reads on.
+                yield _event({"type": "transcript.text.delta", "delta": delta, "logprobs": None,
+                              "segments": [s.as_dict() for s in segments if s.text]})
         except ASRError as error:
             # Headers are gone: the error travels as an event, which the
             # openai client raises as APIError.

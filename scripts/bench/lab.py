@@ -1,0 +1,184 @@
+"""Workers and fleets started for a benchmark, and always stopped after it.
+
+A `Lab` owns everything a benchmark run starts: direct Gunicorn workers and
+fleets driven by scripts/fleet.py, each with its own run folder and free
+loopback ports, so a `make serve` fleet on this machine is never touched.
+Their process trees join bench.env.ROOTS, whose CPU time the benchmarks count.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Self
+
+import psutil
+import requests
+
+from .env import FLEET, GUNICORN, PYTHON, REPO, ROOTS
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _clean_env(extra: dict | None = None) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLEET_", "ASR_"))}
+    return {**env, **(extra or {})}
+
+
+def wait_healthy(url: str, timeout: float, alive=lambda: True) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and alive():
+        try:
+            if requests.get(url + "/health", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.25)
+    raise RuntimeError(f"{url} not healthy within {timeout:g} s")
+
+
+class Worker:
+    """One Gunicorn worker started directly: `gunicorn -c deploy/gunicorn.conf.py 'app:create_app()'`."""
+
+    def __init__(self, work: Path, name: str, env: dict):
+        self.port = free_ports(1)[0]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.name, self.env = name, env
+        self.log_path = work / f"worker-{name}.log"
+        self._log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(
+            [str(GUNICORN), "-c", "deploy/gunicorn.conf.py", "app:create_app()"], cwd=REPO,
+            env=_clean_env({**env, "ASR_PORT": str(self.port), "ASR_INSTANCE_NAME": name}),
+            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        ROOTS.add(self.process.pid)
+
+    def wait_ready(self, timeout: float = 300) -> Worker:
+        try:
+            wait_healthy(self.url, timeout, lambda: self.process.poll() is None)
+        except RuntimeError:
+            raise RuntimeError(f"worker {self.name} not ready: {self.log_path.read_text()[-1500:]}") from None
+        if self.process.poll() is not None:
+            raise RuntimeError(f"worker {self.name} exited: {self.log_path.read_text()[-1500:]}")
+        return self
+
+    def app_pid(self) -> int:
+        """The Gunicorn worker process (the master's child) that runs the app."""
+        return psutil.Process(self.process.pid).children()[0].pid
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(45)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self._log.close()
+        ROOTS.discard(self.process.pid)
+
+
+class Fleet:
+    """A fleet under scripts/fleet.py with its own fleet file, run folder and ports."""
+
+    def __init__(self, work: Path, name: str, *, pool: int, size: int, balancing: str, engine: str,
+                 model: str = "", env: dict | None = None):
+        self.root = work / f"fleet-{name}"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.config, self.run_dir = self.root / "fleet.toml", self.root / "run"
+        ports = free_ports(pool + 1)
+        self.url = f"http://127.0.0.1:{ports[0]}"
+        instances = "".join(f'\n[[instance]]\nport = {p}\ndevice = "cpu"\nweight = 1\n' for p in ports[1:])
+        worker_env = "".join(f'{k} = "{v}"\n' for k, v in (env or {}).items())
+        self.toml = (f'front_port = {ports[0]}\nengine = "{engine}"\n'
+                     + (f'model = "{model}"\n' if model else "")
+                     + f'instances = {size}\nmin_instances = 1\nmax_instances = {pool}\n'
+                       f'balancing = "{balancing}"\n{instances}\n[worker]\nstartsecs = 2\n'
+                       f'\n[worker.env]\n{worker_env}\n[scaling]\nenabled = false\n')
+        self.config.write_text(self.toml)
+        self.size = size
+        self.started = False
+
+    def cli(self, *args: str, timeout: float = 400) -> str:
+        command = [str(PYTHON), str(FLEET), "--config", str(self.config), "--run-dir", str(self.run_dir),
+                   *args]
+        result = subprocess.run(command, check=False, cwd=REPO, env=_clean_env(), text=True,
+                                capture_output=True, timeout=timeout)
+        if result.returncode:
+            raise RuntimeError(f"fleet.py {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+        return result.stdout
+
+    def start(self) -> Fleet:
+        self.started = True
+        self.cli("serve", "--no-setup", "--timeout", "300")
+        ROOTS.add(int((self.run_dir / "supervisord.pid").read_text()))
+        return self
+
+    def scale(self, size: int) -> None:
+        if size != self.size:
+            self.cli("scale", str(size))
+            self.size = size
+            wait_healthy(self.url, 60)
+
+    def stop(self) -> None:
+        if not self.started:
+            return
+        try:
+            self.cli("stop", timeout=200)
+        except (RuntimeError, subprocess.TimeoutExpired) as error:
+            print(f"bench: {error}", file=sys.stderr)
+        pid_file = self.run_dir / "supervisord.pid"
+        if pid_file.exists():  # whatever survived a failed stop
+            try:
+                ROOTS.discard(int(pid_file.read_text()))
+                parent = psutil.Process(int(pid_file.read_text()))
+                for proc in parent.children(recursive=True) + [parent]:
+                    proc.kill()
+            except (psutil.Error, ValueError):
+                pass
+
+
+class Lab:
+    """Starts workers and fleets on demand and stops every one of them on exit."""
+
+    def __init__(self, work: Path):
+        self.work = work
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.things: list = []
+
+    def worker(self, name: str, env: dict, timeout: float = 300) -> Worker:
+        worker = Worker(self.work, name, env)
+        self.things.append(worker)
+        return worker.wait_ready(timeout)
+
+    def fleet(self, name: str, **kwargs) -> Fleet:
+        fleet = Fleet(self.work, name, **kwargs)
+        self.things.append(fleet)
+        return fleet.start()
+
+    def release(self, thing) -> None:
+        thing.stop()
+        self.things.remove(thing)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for thing in reversed(self.things):
+            thing.stop()
+        self.things.clear()

@@ -1,0 +1,137 @@
+"""Profile one worker under load with py-spy: where its CPU and its requests' time go.
+
+Two py-spy passes over the Gunicorn worker process (and its children, where
+pocketsphinx decodes) while the load test keeps N users busy: on-CPU samples
+only, then every thread's samples (--idle) for the wait times. Samples are
+put in request-path buckets by the frames they hold; a bucket's cost per
+request is its samples / rate / requests finished during the pass.
+"""
+
+from __future__ import annotations
+
+import collections
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import requests
+
+from loadtest.config import LoadConfig
+from loadtest.core import run_load
+
+from .env import MIXED, REPO, TINY_MODEL, audio_set, ensure_model
+from .http import http_run
+from .lab import Lab
+from .steps import step_costs
+
+RATE = 100  # py-spy samples per second per thread
+# On-CPU buckets, first match wins: (label, any of these substrings in the stack).
+CPU_BUCKETS = [
+    ("engine: pocketsphinx decoder (child process)", ("_decoder_loop",)),
+    ("engine: model call (inference thread)", ("Batcher._run_batch",)),
+    ("VAD: Silero in the handler thread", ("Segmenter.split",)),
+    ("decode: resample to 16 kHz (soxr)", ("_resample (app/audio.py",)),
+    ("decode: ffmpeg pipe", ("_decode_with_ffmpeg",)),
+    ("decode: read + downmix (soundfile, numpy)", ("decode (app/audio.py",)),
+    ("upload: multipart parse + body read", ("formparser", "_load_form_data", "_upload (app/routes.py")),
+    ("response: body + SRT + JSON", ("_original_body", "formats.py", "json/provider", "make_response")),
+    ("hooks: request ID, metrics, log line", ("app/__init__.py", "app/metrics.py", "logging/")),
+    ("gunicorn + Flask plumbing", ("gunicorn/", "flask/", "werkzeug/")),
+]
+WAIT_BUCKETS = [  # where a handler thread's wall time goes (--idle pass)
+    ("waiting for the model (queue + batch + inference)", ("wait_all",)),
+    ("VAD (running or waiting for its lock)", ("Segmenter.split",)),
+    ("decode", ("decode (app/audio.py",)),
+    ("upload read + multipart parse", ("formparser", "_load_form_data", "_upload (app/routes.py")),
+    ("everything else in the handler", ("ThreadWorker.handle_request",)),
+]
+
+
+def _record(pid: int, seconds: float, out: Path, idle: bool) -> collections.Counter:
+    cmd = [str(REPO / ".venv" / "bin" / "py-spy"), "record", "--pid", str(pid), "-d", str(int(seconds)),
+           "-r", str(RATE), "-f", "raw", "--threads", "--subprocesses", "--nonblocking", "-o", str(out)]
+    if idle:
+        cmd.append("--idle")
+    subprocess.run(cmd, check=True, capture_output=True, timeout=seconds + 60)
+    stacks: collections.Counter = collections.Counter()
+    for line in out.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack and count.isdigit():
+            stacks[stack] += int(count)
+    return stacks
+
+
+def _requests_done(url: str) -> int:
+    return requests.get(url + "/stats", timeout=5).json()["total_requests"]
+
+
+def _bucket(stacks: collections.Counter, buckets, requests_done: int, only=None) -> list[dict]:
+    totals: collections.Counter = collections.Counter()
+    for stack, n in stacks.items():
+        if only and only not in stack:
+            continue
+        label = next((lab for lab, keys in buckets if any(k in stack for k in keys)), "other")
+        totals[label] += n
+    grand = sum(totals.values()) or 1
+    return [{"what": label, "share": round(n / grand, 4), "samples": n,
+             "ms_per_request": round(n * 1000 / RATE / max(requests_done, 1), 1)}
+            for label, n in sorted(totals.items(), key=lambda kv: -kv[1])]
+
+
+def _top(stacks: collections.Counter, count: int = 8) -> list[tuple[str, int]]:
+    leaves: collections.Counter = collections.Counter()
+    for stack, n in stacks.items():
+        leaves[stack.split(";")[-1].strip()] += n
+    return leaves.most_common(count)
+
+
+def _vad_lock_wait(stacks: collections.Counter) -> int:
+    """Samples spent waiting for a free VAD model: stacks that pass through the
+    `self._models.get()` line of Segmenter.split (the wait is inside queue.get)."""
+    lines = (REPO / "app" / "vad.py").read_text().splitlines()
+    wait_line = next(i + 1 for i, text in enumerate(lines) if "self._models.get()" in text)
+    frame = f"Segmenter.split (app/vad.py:{wait_line})"
+    return sum(n for stack, n in stacks.items() if frame in (f.strip() for f in stack.split(";")))
+
+
+def profile_worker(lab: Lab, name: str, env: dict, seconds: float, concurrency: int) -> dict:
+    worker = lab.worker(f"profile-{name}", env)
+    files = audio_set(MIXED)
+    http_run(worker.url, files, concurrency, 1)  # warm-up
+    config = LoadConfig(url=worker.url, files=files, concurrency=concurrency, duration=2 * seconds + 8,
+                        timeout=600)
+    load = threading.Thread(target=run_load, args=(config,), daemon=True)
+    load.start()
+    time.sleep(2)
+    pid = worker.app_pid()
+    passes = {}
+    for kind in ("cpu", "idle"):
+        before = _requests_done(worker.url)
+        stacks = _record(pid, seconds, lab.work / f"profile-{name}-{kind}.raw", idle=kind == "idle")
+        passes[kind] = (stacks, _requests_done(worker.url) - before)
+    load.join(3 * seconds + 120)
+    lab.release(worker)
+    cpu, done = passes["cpu"]
+    idle, idle_done = passes["idle"]
+    handler = "ThreadWorker.handle_request"
+    return {"engine": name, "seconds": seconds, "concurrency": concurrency, "requests": done,
+            "cpu": _bucket(cpu, CPU_BUCKETS, done), "top_cpu": _top(cpu),
+            "handler_wall": _bucket(idle, WAIT_BUCKETS, idle_done, only=handler),
+            "vad_lock_wait_ms_per_request": round(_vad_lock_wait(idle) * 1000 / RATE / max(idle_done, 1), 1),
+            "idle_requests": idle_done}
+
+
+def profile(lab: Lab, opts) -> dict:
+    if not shutil.which("py-spy", path=str(REPO / ".venv" / "bin")):
+        return {"name": "profile", "skipped": "py-spy is not installed in .venv (pip install py-spy)"}
+    seconds = 6 if opts.quick else 12
+    workers = {"pocketsphinx": {"ASR_ENGINE": "pocketsphinx"}}
+    if not opts.quick:
+        workers["funasr-tiny"] = {"ASR_ENGINE": "funasr",
+                                  "ASR_MODEL": str(ensure_model(TINY_MODEL, full_size=False))}
+    out = {"name": "profile", "workers": [profile_worker(lab, n, env, seconds, opts.concurrency)
+                                          for n, env in workers.items()]}
+    out["steps"] = step_costs(audio_set(MIXED))
+    return out
