@@ -231,3 +231,11 @@ def fleet_processes(run_dir: Path) -> list[psutil.Process]:
     parent = psutil.Process(int((run_dir / "supervisord.pid").read_text()))
     return [parent] + parent.children(recursive=True)
 
+
+def whisper_fleet(root: Path, model: str, worker: dict | None = None) -> Fleet:
+    """Two Whisper instances of `model` (one core each, 20 MB uploads), not yet started."""
+    fleet = Fleet(root, weights=[1, 1], active=2, max_upload_mb=20,
+                  tables={"worker": {"startsecs": 2, **(worker or {})}})
+    fleet.top.update(engine="whisper", model=model)
+    fleet.write_config()
+    return fleet

@@ -18,7 +18,7 @@ import time
 
 import pytest
 import requests
-from fleet_harness import Fleet
+from fleet_harness import whisper_fleet
 from machine import SHARED_AUDIO, wait_for
 
 from tests.speech import ENGLISH, reference, word_error_rate
@@ -92,24 +92,14 @@ def test_one_worker_batches_different_recordings_and_answers_each_its_own(module
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory, audio_dir):
-    fleet = Fleet(tmp_path_factory.mktemp("concurrent"), weights=[1, 1], active=2, max_upload_mb=20,
-                  tables={"worker": {"startsecs": 2, "graceful_timeout_s": 10, "stopwaitsecs": 20}})
-    fleet.top.update(engine="whisper", model="tiny.en")
-    fleet.write_config()
-    fleet.start()
-    try:
+    shape = whisper_fleet(tmp_path_factory.mktemp("concurrent"), "tiny.en",
+                          worker={"graceful_timeout_s": 10, "stopwaitsecs": 20})
+    with shape.running(2) as fleet:
         yield fleet
-    finally:
-        fleet.stop()
 
 
-@pytest.fixture(autouse=True)
-def settled(request):
-    if "fleet" in request.fixturenames:
-        request.getfixturevalue("fleet").wait_settled(2, timeout=120)
-
-
-def test_through_the_fleet_each_request_gets_its_own_transcript(fleet):
+def test_through_the_fleet_each_request_gets_its_own_transcript(settled):
+    fleet = settled
     results = fire(fleet.url, 24, "fleet")
     check_own_transcripts(results)
     workers = {response.headers["X-ASR-Worker"] for _, response in results.values()}
@@ -129,7 +119,8 @@ def access_log(fleet) -> dict[str, tuple[list[str], list[str], int]]:
     return entries
 
 
-def test_kill_9_mid_load_every_request_still_gets_its_own_and_nginx_replayed_it(fleet):
+def test_kill_9_mid_load_every_request_still_gets_its_own_and_nginx_replayed_it(settled):
+    fleet = settled
     victim = fleet.names[0]
     victim_port = fleet.ports[0]
 
@@ -147,7 +138,8 @@ def test_kill_9_mid_load_every_request_still_gets_its_own_and_nginx_replayed_it(
                for entry in replayed.values()), access_log(fleet)
 
 
-def test_during_a_rolling_restart_every_request_gets_its_own(fleet):
+def test_during_a_rolling_restart_every_request_gets_its_own(settled):
+    fleet = settled
     restarted = []
     restart = threading.Thread(target=lambda: restarted.append(fleet.cli("rolling-restart", check=False,
                                                                          timeout=300)))

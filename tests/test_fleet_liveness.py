@@ -1,4 +1,4 @@
-"""The poller's judgement of one instance (scripts/fleet_liveness.py) against
+"""The poller's judgement of one instance (scripts/fleet/liveness.py) against
 real processes: one that works but answers late is busy, a frozen or idle
 one that does not answer is stuck; and its one-at-a-time rules."""
 

@@ -4,23 +4,15 @@ response format, word times, streaming, translations and errors."""
 
 import openai
 import pytest
-from fleet_harness import Fleet
+from fleet_harness import whisper_fleet
 
 pytestmark = pytest.mark.fleet
 
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory, audio_dir):
-    fleet = Fleet(tmp_path_factory.mktemp("openai"), weights=[1, 1], active=2, max_upload_mb=20,
-                  tables={"worker": {"startsecs": 2}})
-    fleet.top.update(engine="whisper", model="base")
-    fleet.write_config()
-    fleet.start()
-    try:
-        fleet.wait_settled(2, timeout=120)
+    with whisper_fleet(tmp_path_factory.mktemp("openai"), "base").running(2) as fleet:
         yield fleet
-    finally:
-        fleet.stop()
 
 
 @pytest.fixture()

@@ -11,16 +11,15 @@ import os
 
 import pytest
 import requests
-from fleet_harness import Fleet
+from fleet_harness import whisper_fleet
 from machine import REPO, require_tool
+from selenium import webdriver
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.speech import reference, word_error_rate
 
 pytestmark = pytest.mark.fleet
-
-from selenium import webdriver
-from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import WebDriverWait
 
 # tiny.en on JFK (measured 0.0 through /v1); a loose bound, the exact
 # equality with the API's answer below is the sharp check.
@@ -29,16 +28,8 @@ WER_BOUND = 0.15
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
-    fleet = Fleet(tmp_path_factory.mktemp("page"), weights=[1, 1], active=2, max_upload_mb=20,
-                  tables={"worker": {"startsecs": 2}})
-    fleet.top.update(engine="whisper", model="tiny.en")
-    fleet.write_config()
-    fleet.start()
-    try:
-        fleet.wait_settled(2, timeout=120)
+    with whisper_fleet(tmp_path_factory.mktemp("page"), "tiny.en").running(2) as fleet:
         yield fleet
-    finally:
-        fleet.stop()
 
 
 @pytest.fixture(scope="module")
