@@ -239,3 +239,4 @@ def whisper_fleet(root: Path, model: str, worker: dict | None = None) -> Fleet:
     fleet.top.update(engine="whisper", model=model)
     fleet.write_config()
     return fleet
+

@@ -205,3 +205,29 @@ def workers(tmp_path_factory) -> Iterator[Callable[..., Worker]]:
     finally:
         for worker in started:
             worker.stop()
+
+def program_envs(conf: Path) -> dict[str, dict[str, str]]:
+    """Each program's environment in a rendered supervisord.conf, as
+    supervisord's own config reader gives it."""
+    from supervisor.options import ServerOptions
+
+    options = ServerOptions()
+    options.here = str(conf.parent)
+    section = options.read_config(str(conf))
+    return {p.name: p.environment or {} for group in section.process_group_configs
+            for p in group.process_configs}
+
+
+def fake_nvidia_smi(tmp_path: Path, monkeypatch, body: str | None, shebang: str = "#!/bin/sh") -> None:
+    """PATH starts with a folder holding an `nvidia-smi` that runs `body`, so a
+    real one on this machine is never asked; with body None, PATH is that
+    folder alone, empty: no nvidia-smi anywhere."""
+    folder = tmp_path / "bin"
+    folder.mkdir(exist_ok=True)
+    if body is None:
+        monkeypatch.setenv("PATH", str(folder))
+        return
+    tool = folder / "nvidia-smi"
+    tool.write_text(f"{shebang}\n{body}\n")
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder}:{os.environ['PATH']}")

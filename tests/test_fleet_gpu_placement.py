@@ -12,7 +12,7 @@ from pathlib import Path
 
 import fleet_harness  # noqa: F401 - puts scripts/ on sys.path, for the fleet's modules below
 import pytest
-from supervisor.options import ServerOptions
+from machine import fake_nvidia_smi, program_envs
 
 # isort: split
 from fleet import config as fc
@@ -28,21 +28,6 @@ MIG = ("GPU 0: NVIDIA A100-SXM4-40GB (UUID: GPU-5d9e0f1a-2b3c-4d5e-6f7a-8b9c0d1e
        "  MIG 3g.20gb     Device  1: (UUID: MIG-1a2b3c4d-5e6f-7081-92a3-b4c5d6e7f809)\n")
 NO_DRIVER = ("NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. "
              "Make sure that the latest NVIDIA driver is installed and running.\n")
-
-
-def fake_nvidia_smi(tmp_path: Path, monkeypatch, body: str | None, shebang: str = "#!/bin/sh") -> None:
-    """PATH starts with a folder holding an `nvidia-smi` that runs `body`, so a
-    real one on this machine is never asked; with body None, PATH is that
-    folder alone, empty: no nvidia-smi anywhere."""
-    folder = tmp_path / "bin"
-    folder.mkdir(exist_ok=True)
-    if body is None:
-        monkeypatch.setenv("PATH", str(folder))
-        return
-    tool = folder / "nvidia-smi"
-    tool.write_text(f"{shebang}\n{body}\n")
-    tool.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{folder}:/usr/bin:/bin")
 
 
 def prints(text: str, code: int = 0) -> str:
@@ -118,15 +103,6 @@ def test_a_partial_gpu_list_uses_only_the_gpus_listed(tmp_path, capsys):
         resolve(tmp_path, 'gpus = "all"\n')
     with pytest.raises(fc.FleetError, match="gpus: device must be"):
         resolve(tmp_path, "gpus = [-1]\n")
-
-
-def program_envs(conf: Path) -> dict[str, dict[str, str]]:
-    """Each program's environment, as supervisord's own config reader gives it."""
-    options = ServerOptions()
-    options.here = str(conf.parent)
-    section = options.read_config(str(conf))
-    return {p.name: p.environment or {} for group in section.process_group_configs
-            for p in group.process_configs}
 
 
 def test_cuda_visible_devices_is_rendered_per_instance(tmp_path, capsys):

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import fleet_harness  # noqa: F401 - puts scripts/ on sys.path, for the fleet's modules below
 import pytest
-from machine import require_tool
-from supervisor.options import ServerOptions
+from machine import program_envs, require_tool
 
 # isort: split
 from fleet import config as fc
@@ -32,15 +31,6 @@ def rendered(tmp_path: Path, text: str) -> tuple[dict, dict]:
     state = fs.read_state(tmp_path / "run", resolved)
     render.render_all(resolved, state)
     return resolved, state
-
-
-def program_envs(conf: Path) -> dict[str, dict[str, str]]:
-    """Each program's environment, as supervisord's own config reader gives it."""
-    options = ServerOptions()
-    options.here = str(conf.parent)
-    section = options.read_config(str(conf))
-    return {p.name: p.environment or {} for group in section.process_group_configs
-            for p in group.process_configs}
 
 
 # Values and what must arrive in the worker's environment, byte for byte.

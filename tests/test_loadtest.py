@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 import soundfile
-from machine import REPO, free_ports
+from machine import REPO, fake_nvidia_smi, free_ports
 from PIL import Image
 from speech import CARDS
 
@@ -197,11 +196,7 @@ def test_percentile_matches_linear_interpolation():
 
 
 def test_gpu_figures_come_from_nvidia_smi_when_present(tmp_path, monkeypatch, audio_dir):
-    fake = tmp_path / "bin" / "nvidia-smi"
-    fake.parent.mkdir()
-    fake.write_text("#!/bin/sh\necho '0, NVIDIA H100 80GB HBM3, 37, 1024, 81559'\n")
-    fake.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    fake_nvidia_smi(tmp_path, monkeypatch, "echo '0, NVIDIA H100 80GB HBM3, 37, 1024, 81559'")
     url = f"http://127.0.0.1:{free_ports()[0]}"
     config = loadtest.LoadConfig(url=url, files=[audio_dir / "cards001.wav"], concurrency=1, requests=2,
                                  delay=0.3, sample_interval=0.1)

@@ -13,7 +13,6 @@ import contextlib
 import http.server
 import importlib.util
 import json
-import os
 import shutil
 import socketserver
 import tempfile
@@ -23,7 +22,7 @@ from xmlrpc.server import SimpleXMLRPCDispatcher, SimpleXMLRPCRequestHandler
 
 import fleet_harness  # noqa: F401 - puts scripts/ on sys.path, for the fleet's modules below
 import pytest
-from machine import REPO
+from machine import REPO, fake_nvidia_smi
 
 # isort: split
 from fleet import config as fc
@@ -136,11 +135,7 @@ def alert_lines(out: str) -> list[str]:
 
 
 def test_p95_error_rate_and_fatal_alerts_and_the_snapshot(tmp_path, monkeypatch, capsys):
-    smi = tmp_path / "bin" / "nvidia-smi"
-    smi.parent.mkdir()
-    smi.write_text("#!/bin/sh\necho '0, NVIDIA H200, 37, 1024, 143771'\n")
-    smi.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{smi.parent}:{os.environ['PATH']}")
+    fake_nvidia_smi(tmp_path, monkeypatch, "echo '0, NVIDIA H200, 37, 1024, 143771'")
     answers = [(health(queue=3, in_flight=2), stats(total=100, failed=20, p95=300.0, rtf=0.25)),
                (health(in_flight=1), stats(total=10, failed=5, p95=1234.4, rtf=0.5)),
                None]
