@@ -16,14 +16,14 @@ import time
 
 import flask
 
-from app import audio, formats
+from app import audio
 from app.errors import BadRequest, Conflict, Gone, NotFound, Overloaded
 from app.jobs import prepare
 from app.jobs.store import FINISHED, JOB, Work
 from app.routers.common import transcriber as _transcriber
-from app.routers.openai import render_as
-from app.routers.openai_params import language_field
 from app.routers.common import upload as _upload
+from app.routers.openai import render_as
+from app.routers.openai_params import language_field, response_format_field
 
 bp = flask.Blueprint("jobs", __name__)
 
@@ -87,14 +87,6 @@ def _eta(work: Work) -> float | None:
     return round(_jobs().pace.eta(remaining), 1)
 
 
-def response_format_of(form) -> str:
-    response_format = form.get("response_format") or "json"
-    if response_format not in formats.RESPONSE_FORMATS:
-        raise BadRequest(f"response_format {response_format!r} is not one of "
-                         f"{', '.join(formats.RESPONSE_FORMATS)}", param="response_format")
-    return response_format
-
-
 def render(result, response_format: str):
     """The body /v1/audio/transcriptions would have given for this result."""
     transcriber = _transcriber()
@@ -106,7 +98,7 @@ def render(result, response_format: str):
 def create():
     transcriber = _transcriber()
     form = flask.request.form
-    response_format = response_format_of(form)
+    response_format = response_format_field(form)
     language = language_field(form.get("language"))  # OpenAI's 400, as /v1/audio/transcriptions
     data = _upload()
     settings = transcriber.settings
@@ -155,7 +147,7 @@ def result(job_id: str):
         raise Conflict(f"job {job_id} is not finished ({view(work)['status']}, {done['segments_done']} of "
                        f"{done['segments_total'] or '?'} segments); poll GET /v1/jobs/{job_id}")
     requested = flask.request.args.get("response_format") or work.options.get("response_format", "json")
-    response_format = response_format_of({"response_format": requested})
+    response_format = response_format_field({"response_format": requested})
     transcription = prepare.load_result(work.result)
     return render(transcription, response_format)
 

@@ -31,10 +31,7 @@ class OpenAIRequest:
 def parse(form, *, task: str) -> OpenAIRequest:
     model = check_model(form.get("model"))
     engine = transcriber().engine
-    response_format = form.get("response_format") or "json"
-    if response_format not in formats.RESPONSE_FORMATS:
-        raise BadRequest(f"response_format {response_format!r} is not one of "
-                         f"{', '.join(formats.RESPONSE_FORMATS)}", param="response_format")
+    response_format = response_format_field(form)
     _refuse_unsupported(form)
     granularities = _granularities(form, engine)
     stream = _flag(form.get("stream"), "stream")
@@ -99,6 +96,15 @@ def _temperature(value: str | None) -> float:
     if not 0.0 <= temperature <= 1.0:  # NaN fails this too
         raise BadRequest(f"temperature must be from 0 to 1, not {value!r}", param="temperature")
     return temperature
+
+
+def response_format_field(form) -> str:
+    """The `response_format` field, json when absent (also /v1/jobs)."""
+    response_format = form.get("response_format") or "json"
+    if response_format not in formats.RESPONSE_FORMATS:
+        raise BadRequest(f"response_format {response_format!r} is not one of "
+                         f"{', '.join(formats.RESPONSE_FORMATS)}", param="response_format")
+    return response_format
 
 
 def language_field(value: str | None) -> str:
