@@ -213,7 +213,8 @@ def summary(results: dict) -> str:
     r = results.get("fanout", {})
     if "speedup" in r:
         rows.append([f"fan-out: {r['minutes']}-minute recording, 2 workers vs 1 (one core each)",
-                     f"{r['speedup']:.2f}x", "at least 1.6x"])
+                     (f"{r['speedup']:.2f}x (rounds {min(fanout.round_speedups(r)):.2f}x to "
+                      f"{max(fanout.round_speedups(r)):.2f}x)"), "at least 1.6x"])
     for name, x in results.get("rtf", {}).get("table", {}).items():
         rows.append([f"CPU RTF per core, {name}", _f(x["cpu_rtf"], 3), ""])
     return "## Summary\n\n" + _table(["figure", "measured", "target"], rows) if rows else ""
