@@ -23,7 +23,7 @@ import time
 import traceback
 from pathlib import Path
 
-from . import doc, env, fanout, http, models, profile, whisper
+from . import doc, env, fanout, http, models, profile, vad, whisper
 from .lab import Lab
 
 BENCHMARKS = {
@@ -35,6 +35,7 @@ BENCHMARKS = {
     "whisper_stack": whisper.stack,
     "profile": profile.profile,
     "fanout": fanout.fanout,
+    "vad": vad.vad,
 }
 DOC = env.REPO / "docs" / "benchmarks.md"
 
