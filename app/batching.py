@@ -214,7 +214,10 @@ def _settle(job: Job, result: Transcript | None = None, error: Exception | None 
 
 
 def wait_all(jobs: list[Job], deadline: float) -> list[Transcript | Exception]:
-    """Waits for every job; a failed one yields its exception, not a raise."""
+    """Waits for every job; a failed one yields its exception, not a raise.
+    The deadline passing raises DeadlineExceeded, also when the inference
+    thread found a job expired first: that is the request's deadline, not a
+    failed segment (it would turn a 503 into a partial 200 or a 500)."""
     outcomes: list[Transcript | Exception] = []
     for job in jobs:
         remaining = deadline - time.monotonic()
@@ -222,6 +225,8 @@ def wait_all(jobs: list[Job], deadline: float) -> list[Transcript | Exception]:
             outcomes.append(job.future.result(timeout=max(remaining, 0)))
         except TimeoutError:
             raise DeadlineExceeded("request took longer than the per-request deadline") from None
+        except DeadlineExceeded:
+            raise
         except Exception as error:  # noqa: BLE001 - reported per segment
             outcomes.append(error)
     return outcomes

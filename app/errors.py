@@ -122,7 +122,8 @@ def _bounded(message: str) -> str:
 
 
 def _snake_case(name: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+    # An acronym stays one word: ASRError is asr_error, not a_s_r_error.
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
 
 
 def _respond(status: int, message: str, openai_type: str, code: str, *, param=None, retry_after=None):

@@ -101,17 +101,20 @@ def _schemas() -> dict:
         "tokens": {"type": "array", "items": {"type": "integer"}}}}
     word = {"type": "object", "properties": {"word": {"type": "string"}, "start": {"type": "number"},
                                              "end": {"type": "number"}}}
+    # Ours, present only when segments failed after their retries (also in X-ASR-Failed-Segments).
+    failed = {"type": "integer", "minimum": 1}
     return {
         "Error": {"type": "object", "properties": {"code": {"type": "integer"}, "msg": {"type": "string"}}},
         "OpenAIError": {"type": "object", "properties": {"error": {"type": "object", "properties": {
             "message": {"type": "string"}, "type": {"type": "string"}, "param": {"type": ["string", "null"]},
             "code": {"type": ["string", "null"]}}}}},
         "Transcription": {"type": "object", "properties": {"text": {"type": "string"}, "model": {"type": "string"},
-                                                           "usage": usage}},
+                                                           "usage": usage, "failed_segments": failed}},
         "VerboseTranscription": {"type": "object", "properties": {
             "task": {"type": "string"}, "language": {"type": "string"}, "duration": {"type": "number"},
             "text": {"type": "string"}, "model": {"type": "string"}, "usage": usage,
-            "segments": {"type": "array", "items": segment}, "words": {"type": "array", "items": word}}},
+            "segments": {"type": "array", "items": segment}, "words": {"type": "array", "items": word},
+            "failed_segments": failed}},
         "OriginalResult": {"type": "object", "properties": {
             "code": {"type": "integer"}, "msg": {"type": "string"}, "data": {"type": "string"},
             "stats": {"type": "object"}, "segments": {"type": "array", "items": {"type": "object"}},

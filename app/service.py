@@ -195,6 +195,8 @@ def _await(job, deadline: float, poll_s: float) -> Transcript | Exception | None
         return job.future.result(timeout=min(poll_s, remaining))
     except TimeoutError:
         return None
+    except DeadlineExceeded:
+        raise  # the request's deadline, as in wait_all: not a failed segment
     except Exception as error:  # noqa: BLE001 - reported per segment, as in wait_all
         return error
 

@@ -41,15 +41,25 @@ def render(result: Transcription, request: openai_params.OpenAIRequest):
 
 def render_as(result: Transcription, response_format: str, *, model: str, task: str = "transcribe",
               granularities: frozenset[str] = frozenset({"segment"})):
-    """The body of a finished transcription in an OpenAI response_format
-    (also a job's result, app/routers/jobs.py)."""
+    """The answer for a finished transcription in an OpenAI response_format
+    (also a job's result, app/routers/jobs.py), with X-ASR-Failed-Segments."""
     segments = result.segments
-    if response_format == "json":
-        return formats.to_json(segments, duration=result.duration, model=model)
-    if response_format == "verbose_json":
-        # For a translation too, `language` is the language that was spoken.
-        return formats.to_verbose_json(segments, language=result.language, duration=result.duration,
-                                       model=model, task=task, granularities=granularities)
-    render_text = {"text": formats.to_text, "srt": formats.to_srt, "vtt": formats.to_vtt}[response_format]
-    mimetype = "text/vtt" if response_format == "vtt" else "text/plain"
-    return flask.Response(render_text(segments), mimetype=mimetype)
+    if response_format in ("json", "verbose_json"):
+        if response_format == "json":
+            body = formats.to_json(segments, duration=result.duration, model=model)
+        else:
+            # For a translation too, `language` is the language that was spoken.
+            body = formats.to_verbose_json(segments, language=result.language, duration=result.duration,
+                                           model=model, task=task, granularities=granularities)
+        if result.failed_segments:
+            body["failed_segments"] = result.failed_segments
+        response = flask.make_response(body)
+    else:
+        render_text = {"text": formats.to_text, "srt": formats.to_srt, "vtt": formats.to_vtt}[response_format]
+        mimetype = "text/vtt" if response_format == "vtt" else "text/plain"
+        response = flask.Response(render_text(segments), mimetype=mimetype)
+    # OpenAI's shapes have nowhere to say that part of the audio is missing
+    # (segments that failed after their retries): the header says it in
+    # every format, and the JSON bodies also carry `failed_segments` then.
+    response.headers["X-ASR-Failed-Segments"] = str(result.failed_segments)
+    return response
