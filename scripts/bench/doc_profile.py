@@ -18,8 +18,7 @@ def _worker(w: dict) -> str:
     return (f"### Worker: {w['engine']}\n\n{w['concurrency']} users on the mixed set; py-spy "
             f"{w['seconds']} s on-CPU ({w['requests']} requests finished meanwhile), then {w['seconds']} s "
             f"of every thread (`--idle`, {w['idle_requests']} requests).\n\n{cpu}\n{wall}\n"
-            f"Handler threads waiting for the VAD lock: **{w['vad_lock_wait_ms_per_request']} ms per "
-            f"request**.\n\nBusiest innermost frames (on-CPU samples):\n\n```\n{top}\n```\n")
+            f"Busiest innermost frames (on-CPU samples):\n\n```\n{top}\n```\n")
 
 
 def _steps(s: dict) -> str:
@@ -42,12 +41,7 @@ def findings(r: dict) -> str:
     mean = steps.get("mean_per_request", {})
     jfk = next((x for x in steps.get("rows", []) if x["file"] == "jfk.flac"), None)
     workers = {w["engine"]: w for w in r.get("workers", [])}
-    lines = ["### Findings\n",
-             "Two fixes came from the first profile (2026-11-24, before/after in git history of this "
-             "file): the stereo downmix now sums channel columns (7.8 ms to 0.34 ms on jfk.flac), and "
-             "`app/vad.py` keeps two Silero copies instead of one model behind a lock (waiting for VAD: "
-             "38 ms to 0 ms per request on pocketsphinx, 404 ms to 88 ms on FunASR tiny; requests finished by the FunASR tiny worker "
-             "in the 12 s profile window: 101 to 150 on-CPU, 80 to 174 all-threads).\n"]
+    lines = ["### Findings\n"]
     vad_share = {}
     for name, w in workers.items():
         engine, vad = _part(w, "engine"), _part(w, "VAD")
@@ -56,15 +50,13 @@ def findings(r: dict) -> str:
         lines.append(f"- **{name} worker**: per request, the engine takes {engine:.0f} ms of CPU "
                      f"({_part(w, 'engine', 'share') * 100:.0f}% of the samples), Silero VAD {vad:.0f} ms "
                      f"({vad_share[name] * 100:.0f}%), everything else on the request path (HTTP, multipart, "
-                     f"decode, body, hooks) {rest:.0f} ms; handler threads waited "
-                     f"{w['vad_lock_wait_ms_per_request']} ms per request for the VAD lock.")
+                     f"decode, body, hooks) {rest:.0f} ms.")
     if steps:
         lines.append(
-            f"- **VAD is the largest cost besides the model** ({steps['vad_ms_per_audio_s']} ms per audio "
-            f"second, {mean.get('vad_ms')} ms per request on the mix): "
-            "Silero's Python loop calls the model once per 32 ms window. It must stay on the path (it makes "
-            "the segments), but it could be cheaper still: try `load_silero_vad(onnx=True)` (needs "
-            "`onnxruntime`, not installed here, so unmeasured) and compare with `--only profile`. It "
+            f"- **VAD** costs {steps['vad_ms_per_audio_s']} ms per audio "
+            f"second ({mean.get('vad_ms')} ms per request on the mix): "
+            "it runs Silero v6 through onnxruntime with its spectrogram taken by FFT (`app/silero.py`; "
+            "section 8 measures it alone). It must stay on the path (it makes the segments); it "
             "dominates with a fast engine"
             + (f" (FunASR tiny: VAD is {vad_share['funasr-tiny'] * 100:.0f}% of that worker's CPU)."
                if "funasr-tiny" in vad_share else ", e.g. on a GPU."))
@@ -82,8 +74,7 @@ def findings(r: dict) -> str:
     if mean:
         lines.append(
             f"- **Upload handling**: Werkzeug's multipart parse costs {mean.get('multipart_ms')} ms per "
-            "request on the mix; `routes._upload` then copies the in-memory file once more with `read()`. "
-            "Small next to the model; a `getbuffer()` view would save the copy on large uploads only.")
+            "request on the mix: small next to the model.")
     return "\n".join(lines) + "\n"
 
 

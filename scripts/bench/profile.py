@@ -35,16 +35,16 @@ CPU_BUCKETS = [
     ("decode: resample to 16 kHz (soxr)", ("_resample (app/audio.py",)),
     ("decode: ffmpeg pipe", ("_decode_with_ffmpeg",)),
     ("decode: read + downmix (soundfile, numpy)", ("decode (app/audio.py",)),
-    ("upload: multipart parse + body read", ("formparser", "_load_form_data", "_upload (app/routes.py")),
+    ("upload: multipart parse + body read", ("formparser", "_load_form_data", "upload (app/routers/common.py")),
     ("response: body + SRT + JSON", ("_original_body", "formats.py", "json/provider", "make_response")),
     ("hooks: request ID, metrics, log line", ("app/__init__.py", "app/metrics.py", "logging/")),
     ("gunicorn + Flask plumbing", ("gunicorn/", "flask/", "werkzeug/")),
 ]
 WAIT_BUCKETS = [  # where a handler thread's wall time goes (--idle pass)
     ("waiting for the model (queue + batch + inference)", ("wait_all",)),
-    ("VAD (running or waiting for its lock)", ("Segmenter.split",)),
+    ("VAD", ("Segmenter.split",)),
     ("decode", ("decode (app/audio.py",)),
-    ("upload read + multipart parse", ("formparser", "_load_form_data", "_upload (app/routes.py")),
+    ("upload read + multipart parse", ("formparser", "_load_form_data", "upload (app/routers/common.py")),
     ("everything else in the handler", ("ThreadWorker.handle_request",)),
 ]
 
@@ -87,15 +87,6 @@ def _top(stacks: collections.Counter, count: int = 8) -> list[tuple[str, int]]:
     return leaves.most_common(count)
 
 
-def _vad_lock_wait(stacks: collections.Counter) -> int:
-    """Samples spent waiting for a free VAD model: stacks that pass through the
-    `self._models.get()` line of Segmenter.split (the wait is inside queue.get)."""
-    lines = (REPO / "app" / "vad.py").read_text().splitlines()
-    wait_line = next(i + 1 for i, text in enumerate(lines) if "self._models.get()" in text)
-    frame = f"Segmenter.split (app/vad.py:{wait_line})"
-    return sum(n for stack, n in stacks.items() if frame in (f.strip() for f in stack.split(";")))
-
-
 def profile_worker(lab: Lab, name: str, env: dict, seconds: float, concurrency: int) -> dict:
     worker = lab.worker(f"profile-{name}", env)
     files = audio_set(MIXED)
@@ -119,7 +110,6 @@ def profile_worker(lab: Lab, name: str, env: dict, seconds: float, concurrency: 
     return {"engine": name, "seconds": seconds, "concurrency": concurrency, "requests": done,
             "cpu": _bucket(cpu, CPU_BUCKETS, done), "top_cpu": _top(cpu),
             "handler_wall": _bucket(idle, WAIT_BUCKETS, idle_done, only=handler),
-            "vad_lock_wait_ms_per_request": round(_vad_lock_wait(idle) * 1000 / RATE / max(idle_done, 1), 1),
             "idle_requests": idle_done}
 
 
