@@ -9,10 +9,10 @@ the CLI all read that file, so an edit to fleet.toml takes effect only on
 
 from __future__ import annotations
 
-import getpass
 import grp
 import json
 import os
+import pwd
 import re
 import shutil
 import subprocess
@@ -52,6 +52,7 @@ DEFAULTS: dict[str, dict] = {
     "health": {
         "interval_s": 2.0, "timeout_s": 2.0, "eject_after": 3, "restore_after": 2,
         "restart_after": 10, "max_load_s": 600, "stuck_after_s": 60, "stuck_factor": 3,
+        "fatal_retry_s": 60,
     },
     "scaling": {
         "enabled": True, "metric": "utilization", "high_mark": 0.9, "low_mark": 0.1,
@@ -65,7 +66,7 @@ INSTANCE_KEYS = {"port", "device", "weight", "env", "max_concurrent"}
 POSITIVE = {"worker": ("max_upload_mb", "request_timeout_s", "queue_max_items", "graceful_timeout_s",
                        "max_concurrent", "max_concurrent_gpu", "max_sync_s", "job_retention_s"),
             "nginx": ("client_body_timeout_s", "rate_limit_burst", "retry_after_s", "body_buffer_mb"),
-            "health": ("stuck_after_s", "stuck_factor")}
+            "health": ("stuck_after_s", "stuck_factor", "fatal_retry_s")}
 
 
 class FleetError(Exception):
@@ -233,7 +234,9 @@ def load(config: Path, run_dir: Path, *, mode: str = "local", gpus: int | None =
         "max_instances": top["max_instances"] or len(pool),
         **{table: _merge(raw, table) for table in DEFAULTS if table},
         "python": sys.executable, "bin_dir": str(Path(sys.executable).parent),
-        "user": getpass.getuser(), "group": grp.getgrgid(os.getegid()).gr_name,
+        # Whom this process runs as, not $USER (`su` keeps the caller's): as
+        # root, Nginx's `user` directive names it and its workers must read the run folder.
+        "user": pwd.getpwuid(os.geteuid()).pw_name, "group": grp.getgrgid(os.getegid()).gr_name,
         "is_root": os.geteuid() == 0,
     }
     resolved["initial_instances"] = min(resolved["initial_instances"], len(pool))

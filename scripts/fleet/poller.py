@@ -9,7 +9,8 @@ comes back. After restart_after such rounds it is restarted, one at a time:
 a stuck one is killed (SIGKILL to its process group; Supervisor starts it
 again and Nginx replays what it held), a dead one stopped gracefully so
 whatever it still holds finishes. STOPPED or EXITED instances are started,
-FATAL ones retried each minute. It runs the autoscaler and writes
+FATAL ones retried every health.fatal_retry_s. Instances an operation holds
+in maintenance are left alone. It runs the autoscaler and writes
 fleet-status.json (served at /fleet).
 """
 
@@ -164,7 +165,7 @@ class Poller:
         if sup_state in STOPPED_STATES:
             fs.log_event(self.resolved, f"{name}: supervisor says {sup_state}; starting it")
             self.sup.start(name)
-        elif sup_state == "FATAL" and now - track.last_fatal_start > 60:
+        elif sup_state == "FATAL" and now - track.last_fatal_start > health["fatal_retry_s"]:
             fs.log_event(self.resolved, f"{name}: FATAL (failed to start); trying again")
             track.last_fatal_start = now
             self.sup.start(name)
