@@ -22,6 +22,8 @@ class Supervisor:
 
     def __init__(self, resolved: dict):
         self.url = resolved["supervisor_url"]
+        # The longest a stop can take before Supervisor kills the group.
+        self.stop_wait_s = resolved["worker"]["stopwaitsecs"] + 5
 
     @property
     def rpc(self):
@@ -46,7 +48,13 @@ class Supervisor:
             return "UNKNOWN"
 
     def start(self, name: str) -> None:
-        """Starts without waiting for startsecs; ALREADY_STARTED is fine."""
+        """Starts without waiting for startsecs; ALREADY_STARTED is fine. An
+        instance still STOPPING (the poller restarting it) is waited for
+        first: Supervisor does not start a process that has not exited, and
+        the start would be lost, leaving it stopped."""
+        deadline = time.monotonic() + self.stop_wait_s
+        while self.state(name) == "STOPPING" and time.monotonic() < deadline:
+            time.sleep(0.2)
         try:
             self.rpc.startProcess(name, False)
         except xmlrpc.client.Fault as fault:
