@@ -40,6 +40,9 @@ def test_cpu_instances_share_the_cores_at_max_size_and_gpus_keep_their_default(t
         [("0", None, 8), ("cpu", 4, 2), ("cpu", 4, 3)]
     explicit = resolve(tmp_path, "instances = 2\n[worker.env]\nASR_CPU_THREADS = \"3\"\n", cores=2)
     assert {i["cpu_threads"] for i in explicit["instances"]} == {3}
+    for bad in ("two", "0", "-1", "1.5"):
+        with pytest.raises(fc.FleetError, match=f"ASR_CPU_THREADS must be a positive integer, not '{bad}'"):
+            resolve(tmp_path, f'instances = 2\n[worker.env]\nASR_CPU_THREADS = "{bad}"\n', cores=2)
 
 
 def test_auto_instances_are_one_per_gpu_else_one_per_core_up_to_the_cap(tmp_path):

@@ -65,6 +65,8 @@ def apply_budget(resolved: dict, cores: int) -> None:
         # An explicit ASR_CPU_THREADS (worker or instance env) wins, and the
         # autoscaler counts what the instance really runs.
         explicit = env.get("ASR_CPU_THREADS")
+        if explicit and not (str(explicit).isdigit() and int(explicit) >= 1):
+            raise FleetError(f"{inst['name']}: ASR_CPU_THREADS must be a positive integer, not {explicit!r}")
         inst["cpu_threads"] = (int(explicit) if explicit else share) if on_cpu else None
     resolved["cores"] = cores
 
