@@ -40,6 +40,9 @@ def test_cpu_instances_share_the_cores_at_max_size_and_gpus_keep_their_default(t
         [("0", None, 8), ("cpu", 4, 2), ("cpu", 4, 3)]
     explicit = resolve(tmp_path, "instances = 2\n[worker.env]\nASR_CPU_THREADS = \"3\"\n", cores=2)
     assert {i["cpu_threads"] for i in explicit["instances"]} == {3}
+    for key in ("ASR_PORT", "ASR_HOST", "ASR_INSTANCE_NAME"):
+        with pytest.raises(fc.FleetError, match=f"{key} is the fleet's to set"):
+            resolve(tmp_path, f'instances = 2\n[worker.env]\n{key} = "1"\n', cores=2)
     for bad in ("two", "0", "-1", "1.5"):
         with pytest.raises(fc.FleetError, match=f"ASR_CPU_THREADS must be a positive integer, not '{bad}'"):
             resolve(tmp_path, f'instances = 2\n[worker.env]\nASR_CPU_THREADS = "{bad}"\n', cores=2)

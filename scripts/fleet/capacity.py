@@ -59,6 +59,12 @@ def apply_budget(resolved: dict, cores: int) -> None:
             raise FleetError(f"{inst['name']}: max_concurrent must be a positive integer, not {limit!r}")
         inst["max_concurrent"] = limit
         env = {**worker["env"], **inst.get("env", {})}
+        # Nginx and the poller find a worker by what the fleet file says: one
+        # on another port or address would be invisible to both.
+        for key, knob in (("ASR_PORT", "port"), ("ASR_HOST", "nothing: workers listen on loopback"),
+                          ("ASR_INSTANCE_NAME", "nothing: the name is the fleet's")):
+            if key in env:
+                raise FleetError(f"{inst['name']}: {key} is the fleet's to set (set {knob} instead)")
         if "ASR_MAX_CONCURRENT" in env:
             raise FleetError(f"{inst['name']}: set max_concurrent ([worker] or [[instance]]), not "
                              "ASR_MAX_CONCURRENT: Nginx's max_conns must match it")
