@@ -145,3 +145,10 @@ def test_a_rate_nginx_cannot_express_is_refused(tmp_path, per_s):
     # Nginx counts at most per minute: 0.001 would silently become 1r/m, 60 times the rate asked for.
     with pytest.raises(fc.FleetError, match="nginx.rate_limit_per_s"):
         rendered(tmp_path, f"[nginx]\nrate_limit_per_s = {per_s}\n")
+
+
+@pytest.mark.parametrize("folder", ["run 1", "100%run"])
+def test_a_run_folder_supervisor_cannot_name_is_refused_on_load(tmp_path, folder):
+    (tmp_path / "fleet.toml").write_text("instances = 1\n")
+    with pytest.raises(fc.FleetError, match="cannot run from a path with '%' or spaces"):
+        fc.load(tmp_path / "fleet.toml", tmp_path / folder, gpus=0)

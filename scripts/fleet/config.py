@@ -73,15 +73,31 @@ class FleetError(Exception):
     """A fleet problem with a one-line reason for the operator."""
 
 
+def nvidia_smi(*args: str) -> subprocess.CompletedProcess | None:
+    """nvidia-smi's answer to `args`; None without the tool or when it cannot start."""
+    if not shutil.which("nvidia-smi"):
+        return None
+    try:
+        return subprocess.run(["nvidia-smi", *args], check=False, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def gpu_count() -> int:
     """GPUs nvidia-smi lists; 0 without the tool or a driver."""
-    if not shutil.which("nvidia-smi"):
-        return 0
-    try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return 0
-    return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
+    out = nvidia_smi("-L")
+    return 0 if out is None else sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
+
+
+def query_gpus(*fields: str) -> list[dict[str, str]]:
+    """One {field: value} per GPU from `nvidia-smi --query-gpu=<fields>` (CSV
+    without header or units); [] without the tool or a driver (its error text
+    comes with a non-zero exit), a line of another shape skipped."""
+    out = nvidia_smi(f"--query-gpu={','.join(fields)}", "--format=csv,noheader,nounits")
+    if out is None or out.returncode:
+        return []
+    rows = [[value.strip() for value in line.split(",")] for line in out.stdout.splitlines()]
+    return [dict(zip(fields, row)) for row in rows if len(row) == len(fields)]
 
 
 def _merge(raw: dict, table: str) -> dict:
@@ -224,6 +240,11 @@ def load(config: Path, run_dir: Path, *, mode: str = "local", gpus: int | None =
         inst["name"] = f"asr-{inst['port']}"
         inst["cuda_visible_devices"] = "" if inst["device"] == "cpu" else inst["device"]
     run_dir = run_dir.resolve()
+    for what, path in (("the repository", REPO), ("the run folder", run_dir), ("Python", Path(sys.executable))):
+        # Supervisor's config reads % as a format and splits commands at spaces.
+        if re.search(r"[%\s]", str(path)):
+            raise FleetError(f"{what} is at {str(path)!r}: the fleet cannot run from a path with '%' or "
+                             "spaces in it (Supervisor's config format); move or link it elsewhere")
     resolved = {
         **{k: top[k] for k in ("front_host", "front_port", "engine", "model", "model_cache", "balancing")},
         "config_file": str(config.resolve()), "repo": str(REPO), "run_dir": str(run_dir),
