@@ -5,7 +5,8 @@ named by ASR_API_KEY_FILE. The check runs in the worker rather than in Nginx
 so that a worker is protected even when reached directly, and so the 401
 carries the same JSON shape as every other error. Operations endpoints
 (/health, /stats, /metrics) stay open: the poller and Prometheus need them,
-and the workers listen on loopback only.
+and the workers listen on loopback only. So does the page at / with its
+script: it holds no data, and asks the person for the key it then sends.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import flask
 
 from app.errors import ConfigError, Unauthorized
 
-OPEN_PATHS = frozenset({"/health", "/stats", "/metrics"})
+OPEN_PATHS = frozenset({"/health", "/stats", "/metrics", "/"})
+OPEN_PREFIX = "/static/"
 
 
 def load_keys(path: str) -> tuple[str, ...]:
@@ -37,7 +39,7 @@ def install(app: flask.Flask, keys: tuple[str, ...]) -> None:
 
     @app.before_request
     def require_key() -> None:
-        if flask.request.path in OPEN_PATHS:
+        if flask.request.path in OPEN_PATHS or flask.request.path.startswith(OPEN_PREFIX):
             return
         header = flask.request.headers.get("Authorization", "")
         scheme, _, presented = header.partition(" ")

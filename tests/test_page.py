@@ -1,6 +1,7 @@
 """The page for people at / on a real fleet's front port (supervisord, Nginx,
-two Whisper tiny.en workers), driven by headless Chromium: the JFK recording
-uploaded through the page streams in with its times, the text is the API's
+two Whisper tiny.en workers that need an API key), driven by headless
+Chromium: the page itself loads without the key and asks for it, then the JFK
+recording uploaded through the page streams in with its times, the text is the API's
 own answer, the SRT download holds it, a broken file shows the server's
 reason, and the fleet panel lists both instances. Saves a screenshot as
 reports/page.png (the README's picture is a copy of one)."""
@@ -15,6 +16,7 @@ from fleet_harness import whisper_fleet
 from machine import REPO, require_tool
 from selenium import webdriver
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.speech import reference, word_error_rate
@@ -26,9 +28,16 @@ pytestmark = pytest.mark.fleet
 WER_BOUND = 0.15
 
 
+KEY = "page-key-1"
+
+
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
-    with whisper_fleet(tmp_path_factory.mktemp("page"), "tiny.en").running(2) as fleet:
+    root = tmp_path_factory.mktemp("page")
+    keys = root / "api-keys"
+    keys.write_text(KEY + "\n")
+    keys.chmod(0o600)
+    with whisper_fleet(root, "tiny.en", {"env": {"ASR_API_KEY_FILE": str(keys)}}).running(2) as fleet:
         yield fleet
 
 
@@ -60,9 +69,12 @@ def upload(browser, path) -> str:
 
 def test_the_page_streams_a_transcript_with_times_and_offers_srt(fleet, browser, audio_dir):
     browser.get(fleet.url + "/")
+    served = browser.find_element(By.ID, "served")
+    WebDriverWait(browser, 30).until(lambda b: "needs an API key" in served.text)
+    browser.find_element(By.ID, "key").send_keys(KEY, Keys.TAB)
+    WebDriverWait(browser, 30).until(lambda b: "tiny.en" in served.text)
     WebDriverWait(browser, 30).until(
         lambda b: len(b.find_elements(By.CSS_SELECTOR, "#instances td.ok")) == 2)
-    assert "tiny.en" in browser.find_element(By.ID, "served").text
 
     assert upload(browser, audio_dir / "jfk.flac").startswith("Done: 11.0 s of audio")
     texts = [span.text for span in browser.find_elements(By.CSS_SELECTOR, "#transcript li span")]
@@ -70,7 +82,8 @@ def test_the_page_streams_a_transcript_with_times_and_offers_srt(fleet, browser,
     page_text = " ".join(texts)
     with open(audio_dir / "jfk.flac", "rb") as handle:
         answer = requests.post(fleet.url + "/v1/audio/transcriptions", files={"file": handle},
-                               data={"model": "whisper-1"}, timeout=120).json()
+                               data={"model": "whisper-1"}, headers={"Authorization": f"Bearer {KEY}"},
+                               timeout=120).json()
     assert page_text == answer["text"]
     assert word_error_rate([reference("jfk")], [page_text]) <= WER_BOUND
 

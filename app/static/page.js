@@ -12,6 +12,12 @@ let segments = [];
 let recording = null;  // a File from the microphone, used instead of the chosen file
 let recorder = null;
 
+// The fleet's API key, if it has keys: kept for this tab only.
+function authHeaders() {
+  const key = $("key").value.trim();
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
+
 function setStatus(text, isError = false) {
   $("status").textContent = text;
   $("status").className = isError ? "error" : "";
@@ -109,7 +115,7 @@ async function transcribe(submit) {
   const started = performance.now();
   try {
     const response = await fetch(translate ? "/v1/audio/translations" : "/v1/audio/transcriptions",
-                                 { method: "POST", body: form });
+                                 { method: "POST", body: form, headers: authHeaders() });
     if (!response.ok) {
       setStatus(`Refused ${reason(await response.json().catch(() => null), response.status)}`, true);
       return;
@@ -205,7 +211,12 @@ async function refreshFleet() {
 
 async function showModel() {
   try {
-    const models = await (await fetch("/v1/models")).json();
+    const response = await fetch("/v1/models", { headers: authHeaders() });
+    if (response.status === 401) {
+      $("served").textContent = "this fleet needs an API key: enter it above";
+      return;
+    }
+    const models = await response.json();
     modelId = models.data[0].id;
     $("served").textContent = `serving ${modelId}`;
   } catch (error) {
@@ -214,6 +225,11 @@ async function showModel() {
 }
 
 $("form").addEventListener("submit", transcribe);
+$("key").value = sessionStorage.getItem("asr-api-key") || "";
+$("key").addEventListener("change", () => {
+  sessionStorage.setItem("asr-api-key", $("key").value.trim());
+  showModel();
+});
 $("file").addEventListener("change", () => { recording = null; });
 if (navigator.mediaDevices && window.MediaRecorder) {
   $("record").addEventListener("click", () => toggleRecording().catch(
