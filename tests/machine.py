@@ -227,7 +227,10 @@ def fake_nvidia_smi(tmp_path: Path, monkeypatch, body: str | None, shebang: str 
     if body is None:
         monkeypatch.setenv("PATH", str(folder))
         return
-    tool = folder / "nvidia-smi"
-    tool.write_text(f"{shebang}\n{body}\n")
-    tool.chmod(0o755)
+    # A new file each time, moved into place: a test that swaps fakes never
+    # runs one half written.
+    draft = folder / "nvidia-smi.draft"
+    draft.write_text(f"{shebang}\n{body}\n")
+    draft.chmod(0o755)
+    os.replace(draft, folder / "nvidia-smi")
     monkeypatch.setenv("PATH", f"{folder}:{os.environ['PATH']}")

@@ -28,7 +28,7 @@ import psutil
 import pytest
 from fleet_harness import Fleet
 from fleet_traffic import Ledger
-from machine import REPO, wait_for
+from machine import wait_for
 
 # isort: split
 from fleet import config as fleet_config
@@ -44,8 +44,9 @@ WATCHED_ROUNDS = RESTART_AFTER + 2  # more than any count that would move the po
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    return Path(shutil.copytree(REPO / "models" / "tiny-sensevoice", tmp_path_factory.mktemp("m") / "tiny"))
+def model_dir(tmp_path_factory, tiny_model_dir) -> Path:
+    """A copy of the session's tiny model, which the tests move and break."""
+    return Path(shutil.copytree(tiny_model_dir, tmp_path_factory.mktemp("m") / "tiny"))
 
 
 @pytest.fixture(scope="module")
