@@ -11,7 +11,7 @@ N ?=
 ARGS ?=
 
 .PHONY: setup test test-fast run-worker tiny-model serve stop restart status reload \
-        rolling-restart scale monitor logs verify install-system loadtest bench soak fuzz long lint
+        rolling-restart scale monitor logs verify install-system loadtest bench bench-gpu soak fuzz long lint
 
 # The stamp makes `make setup` cheap when nothing changed, and re-runs pip
 # whenever requirements.txt does.
@@ -77,6 +77,10 @@ loadtest: setup
 
 bench: setup
 	$(PY) scripts/bench.py $(ARGS)
+
+# The GPU subset on a machine with GPUs, in under 8 minutes; refuses without one.
+bench-gpu: setup
+	scripts/bench_gpu.sh $(ARGS)
 
 soak: setup
 	$(PY) -m pytest -q -m soak tests

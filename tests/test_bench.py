@@ -21,7 +21,7 @@ SECTIONS = ["## 1. Stack overhead", "## 2. Scaling", "## 3. Batching", "## 4. Ba
 def test_only_takes_known_benchmarks_and_quick_means_one_round():
     args = bench.parse_args(["--only", "overhead,batching", "--quick"])
     assert args.only == ["overhead", "batching"] and args.rounds == 1
-    assert bench.parse_args([]).rounds == 3 and args.nproc >= 1
+    assert bench.parse_args([]).rounds == 5 and args.nproc >= 1
     with pytest.raises(SystemExit):
         bench.parse_args(["--only", "overhead,nope"])
 

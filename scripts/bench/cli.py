@@ -1,13 +1,17 @@
 """Benchmarks: measure the serving stack side by side and regenerate docs/benchmarks.md.
 
-    make bench                               # everything, ~20 min on 2 cores
-    make bench ARGS="--quick"                # fewer rounds and requests, ~5 min
+    make bench                               # everything, 5 rounds: longer than 3 rounds took (not timed)
+    make bench ARGS="--quick"                # one round, fewer requests, ~5 min
     make bench ARGS="--only overhead,batching"
+    make bench ARGS="--only peers"           # our fleet against FunASR's server and faster-whisper-server;
+                                             # installs them into .cache/peers/ on its first run
 
 Every figure is a ratio of two setups measured in alternating rounds within
-one run, so it holds on a noisy machine. Each benchmark starts what it needs
-(a fleet through scripts/fleet.py with its own run folder and ports, or a
-direct Gunicorn worker) and stops it after, on loopback only. The raw
+one run, so it holds on a noisy machine; the document gives each with its
+band over the round pairs (bench.stats), from five rounds by default. Each
+benchmark starts what it needs (a fleet through scripts/fleet.py with its own
+run folder and ports, or a direct Gunicorn worker) and stops it after, on
+loopback only. The raw
 figures go to docs/benchmarks.json; a run of a subset replaces those
 benchmarks there and leaves the others' last figures in the document.
 """
@@ -23,7 +27,7 @@ import time
 import traceback
 from pathlib import Path
 
-from . import doc, env, fanout, http, models, profile, vad, whisper
+from . import doc, env, fanout, gpu, http, models, peers, profile, vad, whisper
 from .lab import Lab
 
 BENCHMARKS = {
@@ -36,8 +40,12 @@ BENCHMARKS = {
     "profile": profile.profile,
     "fanout": fanout.fanout,
     "vad": vad.vad,
+    "peers": peers.peers,
 }
 DOC = env.REPO / "docs" / "benchmarks.md"
+# Rounds per comparison in a published run: enough for a per-round band (min, median, max)
+# that a noisy round cannot pass off as a difference.
+ROUNDS = 5
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -47,7 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help=f"comma-separated subset of: {', '.join(BENCHMARKS)}")
     p.add_argument("--quick", action="store_true", help="one round, fewer requests: a smoke run")
     p.add_argument("--rounds", type=int, default=None,
-                   help="alternating rounds per setup (default 3, quick 1)")
+                   help=f"alternating rounds per setup (default {ROUNDS}, quick 1)")
     p.add_argument("--concurrency", type=int, default=4, help="users for the overhead and profile runs")
     p.add_argument("--engine", default="whisper-base", choices=sorted(env.ENGINES),
                    help="the model behind the fleets and the in-process pipeline (overhead, scaling, "
@@ -63,7 +71,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     unknown = [name for name in args.only if name not in BENCHMARKS]
     if unknown or not args.only:
         p.error(f"--only: unknown {', '.join(unknown) or '(empty)'}; choose from {', '.join(BENCHMARKS)}")
-    args.rounds = args.rounds or (1 if args.quick else 3)
+    args.rounds = args.rounds or (1 if args.quick else ROUNDS)
     args.nproc = env.machine()["nproc"] or 1
     return args
 
@@ -86,7 +94,8 @@ def main(argv=None) -> int:
         print(f"bench: rewrote {out} from {store}", file=sys.stderr)
         return 0
     machine = env.machine()
-    print(f"bench: {', '.join(args.only)} on {machine['nproc']} x {machine['cpu']}; scratch in {work}",
+    print(f"bench: {', '.join(args.only)} on {machine['nproc']} x {machine['cpu']}, {gpu.describe(machine)}; "
+          f"scratch in {work}",
           file=sys.stderr, flush=True)
     results, failed = dict(previous.get("results", {})), []
     started = time.monotonic()
@@ -95,7 +104,10 @@ def main(argv=None) -> int:
             print(f"bench: {name} ...", file=sys.stderr, flush=True)
             t0 = time.monotonic()
             try:
-                result = BENCHMARKS[name](lab, args)
+                with gpu.watch() as gpu_samples:  # what the GPUs did during this benchmark's load
+                    result = BENCHMARKS[name](lab, args)
+                if gpu_samples:
+                    result["gpu"] = gpu.summarise(gpu_samples)
             except Exception as error:  # noqa: BLE001 - one broken benchmark must not lose the others
                 traceback.print_exc()
                 failed.append(name)

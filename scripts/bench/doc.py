@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import statistics
 
-from . import doc_profile, fanout, vad
+from . import doc_peers, doc_profile, fanout, gpu, models, vad
+from . import http as http_bench
 from .env import MIXED
+from .stats import GAIN, NO_DIFFERENCE, RATIO, cell, headline, measurable, percent, reason, times
 
 INTRO = """\
 # Benchmarks
@@ -16,6 +18,11 @@ same machine: the setups take turns in alternating rounds (A B, B A, A B ...) of
 the same fixed work (each user sends a set number of recordings), so a noisy
 minute lands on both. Throughput is audio seconds transcribed per wall second,
 pooled over a setup's rounds; latencies are over every request of those rounds.
+Beside each pooled figure is its band: the same figure worked out for each pair
+of rounds (round r of A against round r of B, which saw the same machine), as
+min, median and max. A figure whose band straddles no difference (1.00x for a
+ratio, 0 for a gain or a cost), or that rests on a single round, is reported as
+"no measurable difference", whatever its pooled value.
 CPU per audio second counts only our processes (load generator, Nginx, workers,
 poller, decoder children). The machine may be shared: before each round the
 benchmark waits (up to 10 s) for other tenants to use under 0.3 cores, and the
@@ -50,7 +57,7 @@ def _how(r: dict, name: str) -> str:
     rounds = f"{r['rounds']} round(s) per setup, " if name not in ("rtf", "profile") else ""
     return (f"Command: `{r['command']}` (this benchmark alone: `make bench ARGS=\"--only {name}"
             f"{' --quick' if r.get('quick') else ''}\"`); {rounds}{r['seconds']:.0f} s, "
-            f"{m['date']}, {m['nproc']} x {m['cpu']}.\n")
+            f"{m['date']}, {m['nproc']} x {m['cpu']}, {gpu.describe(m)}.\n")
 
 
 def _fleet(toml: str) -> str:
@@ -68,6 +75,30 @@ def _rounds(x: dict) -> str:
     return ", ".join(map(str, x["per_round"]))
 
 
+def _cost(value: float) -> str:
+    return f"{value * 100:.1f}%"
+
+
+def _with_bands(r: dict, bands) -> dict:
+    """The result with its per-round bands: those it stored, else worked out from its stored rounds
+    (figures stored before the bands were kept); none where it stored no rounds."""
+    return {**bands(r), **r} if "runs" in r else r
+
+
+def _table_bands(r: dict, bands, key: str) -> dict:
+    """Per table row, the band the row stored under `key`, else one worked out from the stored rounds."""
+    worked_out = bands(r) if "runs" in r else {}
+    return {name: x.get(key) or worked_out.get(name) for name, x in r["table"].items()}
+
+
+def _band_cell(b: dict | None, fmt, null: float) -> str:
+    """A table cell with the rounds' min / median / max, and the verdict when they straddle `null`."""
+    if b is None:
+        return "n/a"
+    text = f"{fmt(b['min'])} / {fmt(b['median'])} / {fmt(b['max'])}"
+    return text if measurable(b, null) else f"{text} ({NO_DIFFERENCE})"
+
+
 def overhead(r: dict) -> str:
     http, local = r["http"], r["in_process"]
     setup = (f"Throughput through Nginx + Gunicorn + Flask (a one-instance fleet started by "
@@ -81,67 +112,108 @@ def overhead(r: dict) -> str:
     rows = [[name, _f(x["audio_s_per_s"], 3), _f(x["req_per_s"], 3), _f(x["p50_ms"], 0), _f(x["p95_ms"], 0),
              _f(x["cpu_per_audio_s"], 3), _rounds(x), _f(x["foreign_cores"])]
             for name, x in (("fleet (HTTP)", http), ("in-process", local))]
-    per_round = ", ".join(f"{x * 100:.1f}%" for x in r.get("stack_cost_per_round", []))
-    verdict = (f"\n**Stack cost: {r['stack_cost'] * 100:.1f}% of throughput** (target: under 5%; round by "
-               f"round: {per_round}; a negative cost means the difference is smaller than the round-to-round "
-               f"noise); in CPU seconds per audio second (our processes only, so other tenants do not count) "
-               f"the stack costs {_pct(r['cpu_cost'])}, most of it the engine's own CPU time varying with "
-               f"the machine's load; counting only the processes besides the engine's decoder, the stack "
-               f"adds **{_pct(r.get('stack_cpu_share'))}** of the in-process CPU. CPU seconds per audio "
-               f"second, "
-               f"by process:\n")
+    r = _with_bands(r, http_bench.overhead_bands)
+    cpu_share = (headline(_pct(r["stack_cpu_share"]), r.get("stack_cpu_share_band"), percent, GAIN)
+                 if r.get("stack_cpu_share") is not None else "n/a")
+    stack_cost = headline(_cost(r["stack_cost"]) + " of throughput", r.get("stack_cost_band"), _cost, GAIN,
+                          "Stack cost")
+    cpu_cost = headline(_pct(r["cpu_cost"]), r.get("cpu_cost_band"), percent, GAIN)
+    verdict = (f"\n{stack_cost} (target: under 5%). In CPU seconds per audio second (our processes only, "
+               f"so other tenants do not count), the fleet against in-process: {cpu_cost}, most of it the "
+               f"engine's own CPU time varying with the machine's load; counting only the processes besides "
+               f"the engine's decoder, the stack adds {cpu_share} of the in-process CPU. CPU seconds per "
+               f"audio second, by process:\n")
     header = ["setup", "audio s/s", "req/s", "p50 ms", "p95 ms", "CPU s per audio s", "rounds (audio s/s)",
               "other tenants, cores"]
     return "\n".join([setup, _table(header, rows), verdict, _kinds(http, local), _fleet(r["fleet_toml"])])
 
 
 def scaling(r: dict) -> str:
+    bands = _table_bands(r, http_bench.scaling_bands, "speedup_band")
     rows = [[name, _f(x["audio_s_per_s"], 3), _f(x["req_per_s"], 3), _f(x["speedup"], 2) + "x",
+             _band_cell(bands.get(name), times, RATIO) if i else "",
              _f(x["p50_ms"], 0), _f(x["p95_ms"], 0), _f(x["cpu_per_audio_s"], 3), _rounds(x),
-             _f(x["foreign_cores"])] for name, x in r["table"].items()]
+             _f(x["foreign_cores"])] for i, (name, x) in enumerate(r["table"].items())]
     setup = (f"One fleet ({r['engine']}), resized with `fleet.py scale N` between rounds, under the same "
              f"offered load: {r['concurrency']} users, each sending {r['per_user']} recordings of the "
-             f"mixed set.\n")
-    header = ["instances", "audio s/s", "req/s", "vs 1 instance", "p50 ms", "p95 ms", "CPU s per audio s",
+             f"mixed set. The per-round speed-up divides round r of N instances by round r of one.\n")
+    header = ["instances", "audio s/s", "req/s", "vs 1 instance",
+              "vs 1 instance per round (min / median / max)", "p50 ms", "p95 ms", "CPU s per audio s",
               "rounds (audio s/s)", "other tenants, cores"]
-    return "\n".join([setup, _table(header, rows), _fleet(r["fleet_toml"])])
+    parts = [setup, _table(header, rows)]
+    if len(r["table"]) > 1:
+        last, x = list(r["table"].items())[-1]
+        parts.append(headline(times(x["speedup"]), bands.get(last), times, RATIO,
+                              f"{last} vs 1 instance") + "\n")
+    return "\n".join([*parts, _fleet(r["fleet_toml"])])
 
 
 def batching(r: dict) -> str:
-    rows, gains = [], [x["gain"] for x in r["table"].values()]
+    rows, verdicts, bands = [], [], _table_bands(r, models.batching_bands, "gain_band")
     for c, x in r["table"].items():
         on, off = x["on"], x["off"]
         rows.append([c, _f(on["audio_s_per_s"], 3), _f(off["audio_s_per_s"], 3), _pct(x["gain"]),
+                     _band_cell(bands.get(c), percent, GAIN),
                      _f(on["p50_ms"], 0), _f(off["p50_ms"], 0), _f(on["p95_ms"], 0), _f(off["p95_ms"], 0),
                      _f(x.get("mean_batch")), f"{_f(on['foreign_cores'])} / {_f(off['foreign_cores'])}"])
+        verdicts.append(f"- {c} user(s): "
+                        + headline(_pct(x["gain"]), bands.get(c), percent, GAIN, "batching gain"))
     env = r.get("engine_env") or {"ASR_ENGINE": "funasr", "ASR_MODEL": r.get("model", "")}
     setup = (f"Two direct Gunicorn workers (`gunicorn -c deploy/gunicorn.conf.py 'app:create_app()'` with "
              f"`{' '.join(f'{k}={v}' for k, v in env.items())}`), `ASR_BATCH_MAX_ITEMS=8` (on) and `=1` (off), "
              f"the rest default (`ASR_BATCH_WAIT_MS=10`). {r['requests_per_run']} requests per run split "
              f"over the users; the {len(r['files'])} short recordings (1 to 7 s, one or two VAD segments "
              f"each).\n")
-    header = ["users", "on: audio s/s", "off: audio s/s", "batching gain", "on p50 ms", "off p50 ms",
-              "on p95 ms", "off p95 ms", "on: segments per model call", "other tenants, cores (on / off)"]
-    reading = (f"Across concurrencies the pooled gain ranges from {_pct(min(gains))} to {_pct(max(gains))}; "
-               "a gain whose per-round band includes zero is no measurable difference.\n"
-               if gains else "")
-    return "\n".join([setup, _table(header, rows), reading])
+    header = ["users", "on: audio s/s", "off: audio s/s", "batching gain",
+              "gain per round (min / median / max)", "on p50 ms", "off p50 ms", "on p95 ms", "off p95 ms",
+              "on: segments per model call", "other tenants, cores (on / off)"]
+    if not any(bands.values()):  # nothing to judge the pooled gains by: no verdicts
+        return "\n".join([setup, _table(header, rows)])
+    reading = ("The gain per round compares round r of batching on with round r of off; a gain whose "
+               "per-round band includes zero is no measurable difference:\n")
+    return "\n".join([setup, _table(header, rows), reading, *verdicts, ""])
+
+
+def _balancing_verdict(p95: dict | None, throughput: dict | None) -> str:
+    """Which balancing is better, said only where every round agrees."""
+    if p95 is None:
+        return "No verdict: these figures were stored without their per-round band.\n"
+    if measurable(p95, RATIO):
+        better, worse = ("least_conn", "round robin") if p95["max"] < RATIO else ("round robin", "least_conn")
+        text = f"**{better} balances better here**: its p95 is lower than {worse}'s in every round"
+    else:
+        text = f"**Neither balancing is measurably better** in p95 ({reason(p95, times, RATIO)})"
+    if throughput is not None and measurable(throughput, RATIO):
+        side = "higher" if throughput["min"] > RATIO else "lower"
+        text += f"; least_conn's throughput is {side} than round robin's in every round"
+    elif throughput is not None:
+        text += f"; throughput: {NO_DIFFERENCE}"
+    return text + ".\n"
 
 
 def balancing(r: dict) -> str:
+    r = _with_bands(r, http_bench.balancing_bands)
     rows = [[name, _f(x["p95_ms"], 0), _f(x["p50_ms"], 0), _f(x.get("short_p95_ms"), 0),
              _f(x.get("long_p95_ms"), 0), _f(x["audio_s_per_s"], 3), _f(x["foreign_cores"])]
             for name, x in r["table"].items()]
     rr, lc = r["table"].get("round_robin"), r["table"].get("least_conn")
-    ratio = (f"\n**least_conn p95 / round robin p95: {lc['p95_ms'] / rr['p95_ms']:.2f}**\n"
-             if rr and lc else "")
+    ratios = ""
+    if rr and lc:  # figures stored before the ratios were kept are worked out from the table
+        p95 = r.get("p95_ratio", lc["p95_ms"] / rr["p95_ms"])
+        throughput = r.get("throughput_ratio", lc["audio_s_per_s"] / rr["audio_s_per_s"])
+        lines = [headline(times(p95), r.get("p95_band"), times, RATIO, "least_conn p95 / round robin p95"),
+                 headline(times(throughput), r.get("throughput_band"), times, RATIO,
+                          "least_conn throughput / round robin throughput"),
+                 _balancing_verdict(r.get("p95_band"), r.get("throughput_band"))]
+        ratios = "\n" + "\n\n".join(lines)
     setup = (f"Two fleets of two equal instances ({r['engine']}, weight 1 each: Nginx's weighted round robin "
              f"is then plain alternation), one with `balancing = \"round_robin\"`, one with "
              f"`\"least_conn\"`, taking turns. {r['concurrency']} users, {r['per_user']} requests each, over "
-             f"{', '.join(r['files'])}.\n")
+             f"{', '.join(r['files'])}. The per-round ratios divide round r of least_conn by round r of "
+             f"round robin.\n")
     header = ["balancing", "p95 ms", "p50 ms", "short files p95 ms", "long file p95 ms", "audio s/s",
               "other tenants, cores"]
-    return "\n".join([setup, _table(header, rows), ratio, _fleet(r["fleet_toml"])])
+    return "\n".join([setup, _table(header, rows), ratios, _fleet(r["fleet_toml"])])
 
 
 def rtf(r: dict) -> str:
@@ -159,16 +231,17 @@ def rtf(r: dict) -> str:
 
 
 def whisper_stack(r: dict) -> str:
-    w, f, b = r["worker"], r["faster_whisper"], r["stack_cost_band"]
+    w, f = r["worker"], r["faster_whisper"]
     rows = [[name, _f(x["audio_s_per_s"], 3), _f(x["p50_ms"], 0), _f(x["p95_ms"], 0),
              ", ".join(_f(v, 2) for v in x["per_round"]), _f(x["foreign_cores"])]
             for name, x in (("Whisper base worker (HTTP)", w), ("faster-whisper in-process", f))]
-    verdict = (f"**stack cost {r['stack_cost'] * 100:.1f}%** (per round: min {b['min'] * 100:.1f}%, median "
-               f"{b['median'] * 100:.1f}%, max {b['max'] * 100:.1f}%)"
-               + ("" if b["measurable"] else ": the band includes zero, so no measurable difference"))
-    setup = (f"A direct Gunicorn worker (`ASR_ENGINE=whisper ASR_MODEL=base ASR_CPU_THREADS={r['threads']}`) "
-             f"against faster-whisper's own `BatchedInferencePipeline` (batch_size 8, its own VAD) on the "
-             f"same model, int8, {r['threads']} threads, in the benchmark process, both fed the same uploads "
+    verdict = headline(_cost(r["stack_cost"]), r.get("stack_cost_band"), _cost, GAIN, "stack cost")
+    on_gpu = r.get("device") == "cuda"  # older figures name no device: they ran on the CPU
+    setup = (f"A direct Gunicorn worker (`ASR_ENGINE=whisper ASR_MODEL=base ASR_CPU_THREADS={r['threads']}"
+             f"{' CUDA_VISIBLE_DEVICES=0' if on_gpu else ''}`) against faster-whisper's own "
+             f"`BatchedInferencePipeline` (batch_size 8, its own VAD) on the same model, "
+             f"{r.get('compute_type', 'int8')}{', on GPU 0' if on_gpu else ''}, {r['threads']} threads, "
+             f"in the benchmark process, both fed the same uploads "
              f"by {r['concurrency']} users, {r['per_user']} recordings each per round, over "
              f"{', '.join(r['files'])}. The worker was ready {r['ready_s']} s after its start, with "
              f"{r['resident_mb']} MB resident (master and worker).\n")
@@ -182,48 +255,60 @@ SECTIONS = [("overhead", "1. Stack overhead", overhead), ("scaling", "2. Scaling
             ("whisper_stack", "6. Whisper: the worker against faster-whisper itself", whisper_stack),
             ("profile", "Profile", doc_profile.render),
             ("fanout", "7. Fan-out: one long recording over the fleet", fanout.render),
-            ("vad", "8. VAD alone", vad.render)]
+            ("vad", "8. VAD alone", vad.render),
+            ("peers", "9. Against other servers: FunASR's and faster-whisper-server", doc_peers.render)]
 
 
 def summary(results: dict) -> str:
+    """The headline figures; each ratio with its rounds' median and band, and "(no measurable
+    difference)" where the band straddles no difference."""
     rows = []
     r = results.get("overhead", {})
     if "stack_cost" in r:
-        rows.append(["stack cost (fleet vs in-process throughput)", f"{r['stack_cost'] * 100:.1f}%",
-                     "under 5%"])
+        r = _with_bands(r, http_bench.overhead_bands)
+        rows.append(["stack cost (fleet vs in-process throughput)",
+                     cell(_cost(r["stack_cost"]), r.get("stack_cost_band"), _cost, GAIN), "under 5%"])
     if r.get("stack_cpu_share") is not None:
-        rows.append(["stack cost in CPU outside the engine (fleet vs in-process)", _pct(r["stack_cpu_share"]),
+        rows.append(["stack cost in CPU outside the engine (fleet vs in-process)",
+                     cell(_pct(r["stack_cpu_share"]), r.get("stack_cpu_share_band"), percent, GAIN),
                      "under 5%"])
     r = results.get("scaling", {})
-    if "table" in r:
-        last = list(r["table"])[-1]
-        rows.append([f"scaling, {last} vs 1 instance", f"{r['table'][last]['speedup']:.2f}x", ""])
+    if len(r.get("table", {})) > 1:
+        last, x = list(r["table"].items())[-1]
+        speedup_band = _table_bands(r, http_bench.scaling_bands, "speedup_band")[last]
+        rows.append([f"scaling, {last} vs 1 instance", cell(times(x["speedup"]), speedup_band, times, RATIO),
+                     ""])
     r = results.get("batching", {})
+    gain_bands = _table_bands(r, models.batching_bands, "gain_band") if "table" in r else {}
     for c, x in r.get("table", {}).items():
-        rows.append([f"batching gain at {c} user(s)", _pct(x["gain"]), ""])
+        rows.append([f"batching gain at {c} user(s)", cell(_pct(x["gain"]), gain_bands[c], percent, GAIN),
+                     ""])
     r = results.get("balancing", {})
     if "table" in r and {"round_robin", "least_conn"} <= set(r["table"]):
-        t = r["table"]
-        ratio = t["least_conn"]["p95_ms"] / t["round_robin"]["p95_ms"]
-        rows.append(["p95 least_conn vs round robin", f"{ratio:.2f}x", ""])
+        r, t = _with_bands(r, http_bench.balancing_bands), r["table"]
+        p95 = r.get("p95_ratio", t["least_conn"]["p95_ms"] / t["round_robin"]["p95_ms"])
+        throughput = r.get("throughput_ratio",
+                           t["least_conn"]["audio_s_per_s"] / t["round_robin"]["audio_s_per_s"])
+        rows.append(["p95 least_conn vs round robin", cell(times(p95), r.get("p95_band"), times, RATIO), ""])
+        rows.append(["throughput least_conn vs round robin",
+                     cell(times(throughput), r.get("throughput_band"), times, RATIO), ""])
     r = results.get("whisper_stack", {})
     if "stack_cost" in r:
         rows.append(["Whisper base worker vs faster-whisper in-process (throughput cost)",
-                     f"{r['stack_cost'] * 100:.1f}%" + ("" if r["stack_cost_band"]["measurable"]
-                                                        else " (no measurable difference)"), "at most 5%"])
+                     cell(_cost(r["stack_cost"]), r.get("stack_cost_band"), _cost, GAIN), "at most 5%"])
         rows.append(["Whisper base worker: ready after start / resident memory",
                      f"{r['ready_s']} s / {r['resident_mb']} MB", "10 s / 700 MB"])
     r = results.get("fanout", {})
     if "speedup" in r:
         rows.append([f"fan-out: {r['minutes']}-minute recording, 2 workers vs 1 (one core each)",
-                     (f"{r['speedup']:.2f}x (rounds {min(fanout.round_speedups(r)):.2f}x to "
-                      f"{max(fanout.round_speedups(r)):.2f}x)"), "at least 1.6x"])
+                     cell(times(r["speedup"]), fanout.speedup_band(r), times, RATIO), "at least 1.6x"])
     r = results.get("vad", {})
     if "speeds" in r:
         fast = statistics.median(r["speeds"]["FFT spectrum"])
         rows.append(["VAD alone: audio seconds per CPU second (FFT spectrum vs as shipped)",
-                     (f"{fast:.0f} ({r['ratio']['median']:.2f}x, rounds {r['ratio']['min']:.2f}x to "
-                      f"{r['ratio']['max']:.2f}x)"), "at least 1000"])
+                     f"{fast:.0f} ({cell(times(r['ratio']['median']), r['ratio'], times, RATIO)})",
+                     "at least 1000"])
+    rows += doc_peers.summary_rows(results.get("peers", {}))
     for name, x in results.get("rtf", {}).get("table", {}).items():
         rows.append([f"CPU RTF per core, {name}", _f(x["cpu_rtf"], 3), ""])
     return "## Summary\n\n" + _table(["figure", "measured", "target"], rows) if rows else ""
@@ -232,14 +317,13 @@ def summary(results: dict) -> str:
 def render(results: dict, machine: dict, command: str, seconds: float) -> str:
     run = (f"Last run: `{command}`, {seconds / 60:.1f} min, {machine['date']}. Machine: {machine['nproc']} "
            f"CPUs ({machine['cpu']}), {machine['memory_gb']} GB memory, Python {machine['python']}, "
-           f"{machine['os']}, no GPU. Audio: `../shared/audio` ({', '.join(MIXED)}).\n")
+           f"{machine['os']}, {gpu.describe(machine)}. Audio: `../shared/audio` ({', '.join(MIXED)}).\n")
     parts = [INTRO, run, summary(results)]
     for name, title, fn in SECTIONS:
         r = results.get(name)
         body = ("Not measured yet: `make bench ARGS=\"--only " + name + "\"`.\n" if r is None else
-                f"Not measured: {r['skipped']}\n" if "skipped" in r else fn(r) + "\n" + _how(r, name))
+                f"Not measured: {r['skipped']}\n" if "skipped" in r
+                else fn(r) + "\n" + _how(r, name) + gpu.during_load_line(r))
         parts.append(f"## {title}\n\n{body}")
-    parts.append("## GPU\n\nNot measured: no GPU machine was lent to the session that made these figures. "
-                 "On one, run `make bench ARGS=\"--only scaling,batching --engine funasr-full\"` and add the "
-                 "GPU model, the figures and the date here.\n")
+    parts.append(gpu.section(results))
     return "\n".join(parts)

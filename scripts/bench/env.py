@@ -21,6 +21,8 @@ import soundfile
 
 from loadtest.config import DEFAULT_AUDIO, REPO, AudioFile
 
+from . import gpu
+
 PYTHON = REPO / ".venv" / "bin" / "python"
 GUNICORN = REPO / ".venv" / "bin" / "gunicorn"
 FLEET = REPO / "scripts" / "fleet.py"
@@ -55,6 +57,7 @@ def machine() -> dict:
         pass
     return {"nproc": os.cpu_count(), "cpu": cpu or "unknown",
             "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+            "gpus": gpu.record(),  # [] without nvidia-smi or a driver
             "python": platform.python_version(), "os": platform.platform(terse=True),
             "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")}
 
@@ -87,6 +90,7 @@ def own_cpu_by_kind() -> dict[str, float]:
     (reaped ones through their parent's children_* times), by kind; other tenants excluded."""
     totals: dict[str, float] = {}
     bench = os.getpid()
+    seen: set[int] = set()
     for root in {bench, *ROOTS}:
         try:
             procs = [psutil.Process(root)]
@@ -94,6 +98,10 @@ def own_cpu_by_kind() -> dict[str, float]:
         except psutil.Error:
             continue
         for proc in procs:
+            # Each process once: a direct worker or a peer server is a ROOT and this process's child too.
+            if proc.pid in seen:
+                continue
+            seen.add(proc.pid)
             try:
                 t, kind = proc.cpu_times(), _kind(proc, bench)
             except psutil.Error:

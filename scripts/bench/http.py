@@ -4,6 +4,7 @@ Every figure compares two setups measured in alternating rounds of the same
 fixed work (each user sends `per_user` recordings, user u starting at file
 u), so a slow minute on a shared machine lands on both sides. Throughput is
 total audio seconds over total wall seconds across the rounds of one setup.
+Beside each pooled figure goes its band over the round pairs (bench.stats).
 """
 
 from __future__ import annotations
@@ -14,16 +15,19 @@ from loadtest.config import LoadConfig
 from loadtest.core import run_load
 from loadtest.stats import latency_stats, summarize
 
+from . import gpu
 from .env import MIXED, SHORT, CpuMeter, audio_set, engine_settings, long_recording, wait_quiet
 from .inprocess import Pipeline, compact
 from .lab import Lab
+from .stats import GAIN, RATIO, band, paired
 
 
 def http_run(url: str, files, concurrency: int, per_user: int, warmup: int = 0) -> dict:
     """One bounded load-test run (scripts/loadtest.py's core) reduced to a benchmark row."""
     meter = CpuMeter()
-    result = run_load(LoadConfig(url=url, files=files, concurrency=concurrency, requests=per_user,
-                                 warmup=warmup, timeout=600, max_duration=1800))
+    with gpu.during_load():
+        result = run_load(LoadConfig(url=url, files=files, concurrency=concurrency, requests=per_user,
+                                     warmup=warmup, timeout=600, max_duration=1800))
     cpu, kinds = meter.read(), meter.by_kind()
     s = summarize(result)
     row = compact(sent=s["requests"]["sent"], ok=s["requests"]["ok"], elapsed=result.elapsed,
@@ -88,6 +92,19 @@ def _strip(runs: dict) -> dict:
             for k, rows in runs.items()}
 
 
+def throughput_ratio(a: dict, b: dict) -> float:
+    """Round a's throughput over round b's."""
+    return a["audio_s_per_s"] / b["audio_s_per_s"]
+
+
+def _stack_cpu_share(fleet_row: dict, local_row: dict) -> float:
+    """One round pair's CPU outside the engine's decoder, fleet minus in-process, over the
+    in-process CPU per audio second (what `overhead` pools as stack_cpu_share)."""
+    def outside(row: dict) -> float:
+        return sum(v for k, v in row["cpu_by_kind"].items() if not k.startswith("decoder")) / row["audio_s"]
+    return (outside(fleet_row) - outside(local_row)) / local_row["cpu_per_audio_s"]
+
+
 def overhead(lab: Lab, opts) -> dict:
     """Nginx + Gunicorn + Flask (a one-instance fleet) against the Transcriber in this process."""
     files, c = audio_set(MIXED), opts.concurrency
@@ -101,17 +118,32 @@ def overhead(lab: Lab, opts) -> dict:
     lab.release(fleet)
     http, local = pooled(runs["fleet"]), pooled(runs["in-process"])
     cost = 1 - http["audio_s_per_s"] / local["audio_s_per_s"]
-    per_round = [round(1 - a / b, 4) for a, b in zip(http["per_round"], local["per_round"])]
     # The stack's own CPU: everything but the engine's decoder process (whose CPU time swings with
     # the machine's load far more than the few ms the stack adds), fleet minus in-process.
     outside = {name: sum(v for k, v in x["cpu_per_audio_s_by_kind"].items() if not k.startswith("decoder"))
                for name, x in (("http", http), ("local", local))}
-    return {"name": "overhead", "http": http, "in_process": local, "stack_cost": round(cost, 4),
-            "stack_cost_per_round": per_round,
-            "stack_cpu_share": round((outside["http"] - outside["local"]) / local["cpu_per_audio_s"], 4),
-            "cpu_cost": round(http["cpu_per_audio_s"] / local["cpu_per_audio_s"] - 1, 4),
-            "engine": opts.engine, "concurrency": c, "per_user": per_user, "files": [f.name for f in files],
-            "fleet_toml": fleet.toml, "runs": _strip(runs)}
+    result = {"name": "overhead", "http": http, "in_process": local, "stack_cost": round(cost, 4),
+              "stack_cpu_share": round((outside["http"] - outside["local"]) / local["cpu_per_audio_s"], 4),
+              "cpu_cost": round(http["cpu_per_audio_s"] / local["cpu_per_audio_s"] - 1, 4),
+              "engine": opts.engine, "concurrency": c, "per_user": per_user, "files": [f.name for f in files],
+              "fleet_toml": fleet.toml, "runs": _strip(runs)}
+    return {**result, **overhead_bands(result)}
+
+
+def overhead_bands(r: dict) -> dict:
+    """Each overhead figure worked out per round pair (fleet round r against in-process round r),
+    from the stored rounds: so figures stored before the bands were kept get them too."""
+    fleet, local = r["runs"]["fleet"], r["runs"]["in-process"]
+
+    def throughput_cost(a: dict, b: dict) -> float:
+        return 1 - a["audio_s_per_s"] / b["audio_s_per_s"]
+
+    def cpu_cost(a: dict, b: dict) -> float:
+        return a["cpu_per_audio_s"] / b["cpu_per_audio_s"] - 1
+
+    return {"stack_cost_band": band(paired(fleet, local, throughput_cost), GAIN),
+            "stack_cpu_share_band": band(paired(fleet, local, _stack_cpu_share), GAIN),
+            "cpu_cost_band": band(paired(fleet, local, cpu_cost), GAIN)}
 
 
 def scaling(lab: Lab, opts) -> dict:
@@ -137,8 +169,20 @@ def scaling(lab: Lab, opts) -> dict:
     base = next(iter(table.values()))["audio_s_per_s"]
     for row in table.values():
         row["speedup"] = round(row["audio_s_per_s"] / base, 3)
-    return {"name": "scaling", "table": table, "engine": opts.engine, "concurrency": c,
-            "per_user": per_user, "fleet_toml": fleet.toml, "runs": _strip(runs)}
+    result = {"name": "scaling", "table": table, "engine": opts.engine, "concurrency": c,
+              "per_user": per_user, "fleet_toml": fleet.toml, "runs": _strip(runs)}
+    for name, speedup_band in scaling_bands(result).items():
+        table[name]["speedup_band"] = speedup_band
+    return result
+
+
+def scaling_bands(r: dict) -> dict:
+    """Each fleet size's speed-up per round (its round r over one instance's round r), by size,
+    from the stored rounds."""
+    runs = r["runs"]
+    one = next(iter(runs.values()))
+    return {name: band(paired(rows, one, throughput_ratio), RATIO)
+            for name, rows in list(runs.items())[1:]}
 
 
 def balancing(lab: Lab, opts) -> dict:
@@ -159,6 +203,19 @@ def balancing(lab: Lab, opts) -> dict:
             table[name][f"{kind}_p95_ms"] = lat["p95"]
     for fleet in fleets.values():
         lab.release(fleet)
-    return {"name": "balancing", "table": table, "engine": opts.engine, "concurrency": c,
-            "per_user": per_user, "files": [f"{f.name} ({f.seconds:.1f} s)" for f in files],
-            "fleet_toml": fleets["least_conn"].toml, "runs": _strip(runs)}
+    result = {"name": "balancing", "table": table,
+              # least_conn over round robin: under 1 is a lower p95 (better), over 1 a higher throughput.
+              "p95_ratio": round(table["least_conn"]["p95_ms"] / table["round_robin"]["p95_ms"], 4),
+              "throughput_ratio": round(table["least_conn"]["audio_s_per_s"]
+                                        / table["round_robin"]["audio_s_per_s"], 4),
+              "engine": opts.engine, "concurrency": c,
+              "per_user": per_user, "files": [f"{f.name} ({f.seconds:.1f} s)" for f in files],
+              "fleet_toml": fleets["least_conn"].toml, "runs": _strip(runs)}
+    return {**result, **balancing_bands(result)}
+
+
+def balancing_bands(r: dict) -> dict:
+    """least_conn's p95 and throughput over round robin's, per round pair, from the stored rounds."""
+    lc, rr = r["runs"]["least_conn"], r["runs"]["round_robin"]
+    return {"p95_band": band(paired(lc, rr, lambda a, b: a["p95_ms"] / b["p95_ms"]), RATIO),
+            "throughput_band": band(paired(lc, rr, throughput_ratio), RATIO)}

@@ -17,6 +17,7 @@ import psutil
 from loadtest.config import AudioFile
 from loadtest.stats import latency_stats
 
+from . import gpu
 from .env import REPO, CpuMeter  # bench.env also puts the repository on sys.path for `app`
 
 
@@ -40,7 +41,7 @@ class Pipeline:
         from app.service import Transcriber
         from app.settings import Settings
 
-        self.settings = Settings(**settings)
+        self.settings = Settings(**{**gpu.in_process(), **settings})  # on the first GPU, if any
         self.transcriber = Transcriber(self.settings, Metrics())
         self.transcriber.start(exit_on_failure=False)
         if not self.transcriber.wait_ready(600):
@@ -76,10 +77,11 @@ class Pipeline:
 
         meter, t0 = CpuMeter(), time.monotonic()
         threads = [threading.Thread(target=user, args=(u,), daemon=True) for u in range(concurrency)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        with gpu.during_load():
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
         elapsed = time.monotonic() - t0
         return compact(sent=concurrency * per_user, ok=len(latencies), elapsed=elapsed,
                        audio=audio_total[0], latency_ms=latency_stats(latencies),
@@ -106,12 +108,13 @@ def engine_rtf(settings: dict, files: list[AudioFile]) -> dict:
 
     clips = [audio.decode(f.data, max_seconds=600, ffmpeg_timeout=60) for f in files]
     started = time.monotonic()
-    engine = load_engine(Settings(**settings))
+    engine = load_engine(Settings(**{**gpu.in_process(), **settings}))  # on the first GPU, if any
     load_s = time.monotonic() - started
     engine.transcribe_batch(clips[:1], DecodeOptions())  # warm-up, not timed
     cpu0, t0 = cpu_seconds(), time.monotonic()
-    for clip in clips:
-        engine.transcribe_batch([clip], DecodeOptions())
+    with gpu.during_load():
+        for clip in clips:
+            engine.transcribe_batch([clip], DecodeOptions())
     wall, cpu = time.monotonic() - t0, cpu_seconds() - cpu0
     seconds = sum(len(c) for c in clips) / audio.SAMPLE_RATE
     out = {"model": engine.model.replace(f"{REPO}/", ""), "engine": engine.name, "load_s": round(load_s, 1),

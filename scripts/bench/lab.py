@@ -4,6 +4,9 @@ A `Lab` owns everything a benchmark run starts: direct Gunicorn workers and
 fleets driven by scripts/fleet.py, each with its own run folder and free
 loopback ports, so a `make serve` fleet on this machine is never touched.
 Their process trees join bench.env.ROOTS, whose CPU time the benchmarks count.
+On a machine with GPUs (bench.gpu) every instance goes on one, as a fleet
+places them: fleet instances take turns over the GPUs (`device = N`), direct
+workers likewise through CUDA_VISIBLE_DEVICES; without one all stay on the CPU.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Self
 import psutil
 import requests
 
+from . import gpu
 from .env import FLEET, GUNICORN, PYTHON, REPO, ROOTS
 
 
@@ -93,22 +97,33 @@ class Worker:
         ROOTS.discard(self.process.pid)
 
 
+# Requests one bench instance admits (the fleet's default is 2 per CPU
+# instance, for latency): the benchmarks offer up to 8 users to one fleet and
+# measure throughput, which must not count only the requests a full instance
+# happened to let in while the rest got an immediate 503.
+MAX_CONCURRENT = 8
+
+
 class Fleet:
     """A fleet under scripts/fleet.py with its own fleet file, run folder and ports."""
 
     def __init__(self, work: Path, name: str, *, pool: int, size: int, balancing: str, engine: str,
-                 model: str = "", env: dict | None = None):
+                 model: str = "", env: dict | None = None, gpus: int = 0):
         self.root = work / f"fleet-{name}"
         self.root.mkdir(parents=True, exist_ok=True)
         self.config, self.run_dir = self.root / "fleet.toml", self.root / "run"
         ports = free_ports(pool + 1)
         self.url = f"http://127.0.0.1:{ports[0]}"
-        instances = "".join(f'\n[[instance]]\nport = {p}\ndevice = "cpu"\nweight = 1\n' for p in ports[1:])
+        # With GPUs, instance i goes on GPU i mod gpus: what the fleet's own `gpus = "auto"` does.
+        devices = [str(i % gpus) if gpus else '"cpu"' for i in range(pool)]
+        instances = "".join(f'\n[[instance]]\nport = {p}\ndevice = {d}\nweight = 1\n'
+                            for p, d in zip(ports[1:], devices))
         worker_env = "".join(f'{k} = "{v}"\n' for k, v in (env or {}).items())
         self.toml = (f'front_port = {ports[0]}\nengine = "{engine}"\n'
                      + (f'model = "{model}"\n' if model else "")
                      + f'instances = {size}\nmin_instances = 1\nmax_instances = {pool}\n'
                        f'balancing = "{balancing}"\n{instances}\n[worker]\nstartsecs = 2\n'
+                       f'max_concurrent = {MAX_CONCURRENT}\n'
                        f'\n[worker.env]\n{worker_env}\n[scaling]\nenabled = false\n')
         self.config.write_text(self.toml)
         self.size = size
@@ -156,18 +171,28 @@ class Fleet:
 class Lab:
     """Starts workers and fleets on demand and stops every one of them on exit."""
 
-    def __init__(self, work: Path):
+    def __init__(self, work: Path, gpus: int | None = None):
         self.work = work
         self.work.mkdir(parents=True, exist_ok=True)
         self.things: list = []
+        self.gpus = gpu.count() if gpus is None else gpus
+        self._workers_placed = 0
+
+    def worker_env(self, env: dict) -> dict:
+        """A direct worker's env, on the next GPU in turn when there are GPUs (and
+        the benchmark did not pin one itself), else unchanged: the CPU."""
+        if not self.gpus or "CUDA_VISIBLE_DEVICES" in env:
+            return env
+        self._workers_placed += 1
+        return {**env, **gpu.worker_env((self._workers_placed - 1) % self.gpus)}
 
     def worker(self, name: str, env: dict, timeout: float = 300) -> Worker:
-        worker = Worker(self.work, name, env)
+        worker = Worker(self.work, name, self.worker_env(env))
         self.things.append(worker)
         return worker.wait_ready(timeout)
 
     def fleet(self, name: str, **kwargs) -> Fleet:
-        fleet = Fleet(self.work, name, **kwargs)
+        fleet = Fleet(self.work, name, gpus=self.gpus, **kwargs)
         self.things.append(fleet)
         return fleet.start()
 
@@ -176,9 +201,19 @@ class Lab:
         self.things.remove(thing)
 
     def __enter__(self) -> Self:
+        # SIGTERM (`timeout` in scripts/bench_gpu.sh, a kill) unwinds like Ctrl-C, through __exit__:
+        # the fleets and workers run in sessions of their own and would outlive this process.
+        self._previous_term = signal.signal(signal.SIGTERM, _interrupt)
         return self
 
     def __exit__(self, *exc) -> None:
-        for thing in reversed(self.things):
-            thing.stop()
-        self.things.clear()
+        try:
+            for thing in reversed(self.things):
+                thing.stop()
+            self.things.clear()
+        finally:
+            signal.signal(signal.SIGTERM, self._previous_term)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")

@@ -13,9 +13,10 @@ import sys
 from functools import partial
 
 from .env import FULL_MODEL, MIXED, SHORT, TINY_MODEL, audio_set, engine_settings, ensure_model
-from .http import alternate, http_run, pooled
+from .http import alternate, http_run, pooled, throughput_ratio
 from .inprocess import engine_rtf
 from .lab import Lab
+from .stats import GAIN, band, paired
 
 
 def batching(lab: Lab, opts) -> dict:
@@ -43,8 +44,18 @@ def batching(lab: Lab, opts) -> dict:
                    for k, rows in got.items()}
     for worker in list(workers.values()):
         lab.release(worker)
-    return {"name": "batching", "table": table, "engine_env": env,
-            "files": [f.name for f in files], "requests_per_run": total, "runs": runs}
+    result = {"name": "batching", "table": table, "engine_env": env,
+              "files": [f.name for f in files], "requests_per_run": total, "runs": runs}
+    for c, gain_band in batching_bands(result).items():
+        table[c]["gain_band"] = gain_band
+    return result
+
+
+def batching_bands(r: dict) -> dict:
+    """The batching gain per round pair (on's round r over off's round r), by concurrency, from the
+    stored rounds: so figures stored before the bands were kept get them too."""
+    return {c: band(paired(rows["on"], rows["off"], lambda a, b: throughput_ratio(a, b) - 1), GAIN)
+            for c, rows in r["runs"].items()}
 
 
 def _batch_counts(url: str) -> tuple[float, float]:

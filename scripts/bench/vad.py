@@ -16,6 +16,7 @@ import sys
 import time
 
 from .fanout import recording
+from .stats import RATIO, band, headline, times
 
 
 def vad(lab, opts) -> dict:
@@ -49,8 +50,7 @@ def vad(lab, opts) -> dict:
     model.session = sessions["FFT spectrum"]
     ratios = [fast / slow for fast, slow in zip(speeds["FFT spectrum"], speeds["as shipped"])]
     return {"name": "vad", "minutes": minutes, "audio_s": round(audio_s, 1), "speeds": speeds,
-            "ratio": {"min": round(min(ratios), 2), "median": round(statistics.median(ratios), 2),
-                      "max": round(max(ratios), 2)},
+            "ratio": band(ratios, RATIO, digits=2),
             "segments": {name: len(found) for name, found in segments.items()},
             "identical": segments["as shipped"] == segments["FFT spectrum"],
             "agreement": silero.agreement(sessions["as shipped"], sessions["FFT spectrum"])}
@@ -60,13 +60,14 @@ def render(r: dict) -> str:
     """The section of docs/benchmarks.md (bench.doc.SECTIONS)."""
     rows = [f"| {name} | {statistics.median(x):.0f} | {min(x):.0f} | {max(x):.0f} | {r['segments'][name]} |"
             for name, x in r["speeds"].items()]
-    band = r["ratio"]
+    ratio = r["ratio"]
     same = ("the same segments" if r["identical"] else "**different segments**")
+    ratio_text = headline(times(ratio["median"]), ratio, times, RATIO, what="median speed ratio")
     setup = (f"Silero VAD v6 on a {r['minutes']}-minute recording ({r['audio_s']:.0f} s: the LibriVox sentences "
              f"and JFK repeated), one onnxruntime thread, in CPU seconds of the benchmark process, "
              f"{len(next(iter(r['speeds'].values())))} alternating rounds. The FFT spectrum (`app/silero.py`) "
-             f"against the model as faster-whisper ships it: **{band['median']:.2f}x** (per round: min "
-             f"{band['min']:.2f}x, median {band['median']:.2f}x, max {band['max']:.2f}x), with {same}; "
+             f"against the model as faster-whisper ships it: "
+             f"{ratio_text}, with {same}; "
              f"speech probabilities within {r['agreement']:.1g} of the model's.\n")
     header = ("| VAD | audio s per CPU second (median) | min | max | segments |\n"
               "|---|---|---|---|---|")
