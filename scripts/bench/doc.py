@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import statistics
 
-from . import doc_peers, doc_profile, fanout, gpu, models, vad
+from . import doc_peers, doc_profile, doc_sections, fanout, gpu, models, vad
 from . import http as http_bench
+from .doc_sections import cost, table_bands, with_bands
 from .env import MIXED
-from .stats import GAIN, NO_DIFFERENCE, RATIO, cell, headline, measurable, percent, reason, times
+from .markdown import number, signed_percent, table
+from .stats import GAIN, RATIO, cell, percent, times
 
 INTRO = """\
 # Benchmarks
@@ -36,22 +38,6 @@ SenseVoiceSmall shape and compute cost, its transcripts are noise.
 """
 
 
-def _f(value, digits: int = 2, unit: str = "") -> str:
-    if value is None:
-        return "n/a"
-    return f"{value:,.{digits}f}{unit}" if isinstance(value, float) else f"{value}{unit}"
-
-
-def _pct(value) -> str:
-    return "n/a" if value is None else f"{value * 100:+.1f}%"
-
-
-def _table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
 def _how(r: dict, name: str) -> str:
     m = r["machine"]
     rounds = f"{r['rounds']} round(s) per setup, " if name not in ("rtf", "profile") else ""
@@ -60,199 +46,10 @@ def _how(r: dict, name: str) -> str:
             f"{m['date']}, {m['nproc']} x {m['cpu']}, {gpu.describe(m)}.\n")
 
 
-def _fleet(toml: str) -> str:
-    return f"<details><summary>fleet file used</summary>\n\n```toml\n{toml.strip()}\n```\n</details>\n"
-
-
-def _kinds(http: dict, local: dict) -> str:
-    a, b = http.get("cpu_per_audio_s_by_kind", {}), local.get("cpu_per_audio_s_by_kind", {})
-    kinds = list(a) + [k for k in b if k not in a]
-    rows = [[k, _f(a.get(k), 4), _f(b.get(k), 4)] for k in kinds]
-    return _table(["process", "fleet (HTTP)", "in-process"], rows)
-
-
-def _rounds(x: dict) -> str:
-    return ", ".join(map(str, x["per_round"]))
-
-
-def _cost(value: float) -> str:
-    return f"{value * 100:.1f}%"
-
-
-def _with_bands(r: dict, bands) -> dict:
-    """The result with its per-round bands: those it stored, else worked out from its stored rounds
-    (figures stored before the bands were kept); none where it stored no rounds."""
-    return {**bands(r), **r} if "runs" in r else r
-
-
-def _table_bands(r: dict, bands, key: str) -> dict:
-    """Per table row, the band the row stored under `key`, else one worked out from the stored rounds."""
-    worked_out = bands(r) if "runs" in r else {}
-    return {name: x.get(key) or worked_out.get(name) for name, x in r["table"].items()}
-
-
-def _band_cell(b: dict | None, fmt, null: float) -> str:
-    """A table cell with the rounds' min / median / max, and the verdict when they straddle `null`."""
-    if b is None:
-        return "n/a"
-    text = f"{fmt(b['min'])} / {fmt(b['median'])} / {fmt(b['max'])}"
-    return text if measurable(b, null) else f"{text} ({NO_DIFFERENCE})"
-
-
-def overhead(r: dict) -> str:
-    http, local = r["http"], r["in_process"]
-    setup = (f"Throughput through Nginx + Gunicorn + Flask (a one-instance fleet started by "
-             f"`scripts/fleet.py` with its own run folder and ports) against the same "
-             f"`app.service.Transcriber` pipeline (decode, VAD, batcher, engine: {r['engine']}) driven by "
-             f"{r['concurrency']} threads in the "
-             f"benchmark process. Same audio, same concurrency, each user sends {r['per_user']} recordings "
-             f"of the mixed set ({len(r['files'])} files: card names, LibriVox sentences, the 44.1 kHz "
-             f"stereo JFK FLAC). Equivalent load: `scripts/loadtest.py --url <fleet> --files ../shared/audio "
-             f"-c {r['concurrency']} -n {r['per_user']}`.\n")
-    rows = [[name, _f(x["audio_s_per_s"], 3), _f(x["req_per_s"], 3), _f(x["p50_ms"], 0), _f(x["p95_ms"], 0),
-             _f(x["cpu_per_audio_s"], 3), _rounds(x), _f(x["foreign_cores"])]
-            for name, x in (("fleet (HTTP)", http), ("in-process", local))]
-    r = _with_bands(r, http_bench.overhead_bands)
-    cpu_share = (headline(_pct(r["stack_cpu_share"]), r.get("stack_cpu_share_band"), percent, GAIN)
-                 if r.get("stack_cpu_share") is not None else "n/a")
-    stack_cost = headline(_cost(r["stack_cost"]) + " of throughput", r.get("stack_cost_band"), _cost, GAIN,
-                          "Stack cost")
-    cpu_cost = headline(_pct(r["cpu_cost"]), r.get("cpu_cost_band"), percent, GAIN)
-    verdict = (f"\n{stack_cost} (target: under 5%). In CPU seconds per audio second (our processes only, "
-               f"so other tenants do not count), the fleet against in-process: {cpu_cost}, most of it the "
-               f"engine's own CPU time varying with the machine's load; counting only the processes besides "
-               f"the engine's decoder, the stack adds {cpu_share} of the in-process CPU. CPU seconds per "
-               f"audio second, by process:\n")
-    header = ["setup", "audio s/s", "req/s", "p50 ms", "p95 ms", "CPU s per audio s", "rounds (audio s/s)",
-              "other tenants, cores"]
-    return "\n".join([setup, _table(header, rows), verdict, _kinds(http, local), _fleet(r["fleet_toml"])])
-
-
-def scaling(r: dict) -> str:
-    bands = _table_bands(r, http_bench.scaling_bands, "speedup_band")
-    rows = [[name, _f(x["audio_s_per_s"], 3), _f(x["req_per_s"], 3), _f(x["speedup"], 2) + "x",
-             _band_cell(bands.get(name), times, RATIO) if i else "",
-             _f(x["p50_ms"], 0), _f(x["p95_ms"], 0), _f(x["cpu_per_audio_s"], 3), _rounds(x),
-             _f(x["foreign_cores"])] for i, (name, x) in enumerate(r["table"].items())]
-    setup = (f"One fleet ({r['engine']}), resized with `fleet.py scale N` between rounds, under the same "
-             f"offered load: {r['concurrency']} users, each sending {r['per_user']} recordings of the "
-             f"mixed set. The per-round speed-up divides round r of N instances by round r of one.\n")
-    header = ["instances", "audio s/s", "req/s", "vs 1 instance",
-              "vs 1 instance per round (min / median / max)", "p50 ms", "p95 ms", "CPU s per audio s",
-              "rounds (audio s/s)", "other tenants, cores"]
-    parts = [setup, _table(header, rows)]
-    if len(r["table"]) > 1:
-        last, x = list(r["table"].items())[-1]
-        parts.append(headline(times(x["speedup"]), bands.get(last), times, RATIO,
-                              f"{last} vs 1 instance") + "\n")
-    return "\n".join([*parts, _fleet(r["fleet_toml"])])
-
-
-def batching(r: dict) -> str:
-    rows, verdicts, bands = [], [], _table_bands(r, models.batching_bands, "gain_band")
-    for c, x in r["table"].items():
-        on, off = x["on"], x["off"]
-        rows.append([c, _f(on["audio_s_per_s"], 3), _f(off["audio_s_per_s"], 3), _pct(x["gain"]),
-                     _band_cell(bands.get(c), percent, GAIN),
-                     _f(on["p50_ms"], 0), _f(off["p50_ms"], 0), _f(on["p95_ms"], 0), _f(off["p95_ms"], 0),
-                     _f(x.get("mean_batch")), f"{_f(on['foreign_cores'])} / {_f(off['foreign_cores'])}"])
-        verdicts.append(f"- {c} user(s): "
-                        + headline(_pct(x["gain"]), bands.get(c), percent, GAIN, "batching gain"))
-    env = r.get("engine_env") or {"ASR_ENGINE": "funasr", "ASR_MODEL": r.get("model", "")}
-    setup = (f"Two direct Gunicorn workers (`gunicorn -c deploy/gunicorn.conf.py 'app:create_app()'` with "
-             f"`{' '.join(f'{k}={v}' for k, v in env.items())}`), `ASR_BATCH_MAX_ITEMS=8` (on) and `=1` (off), "
-             f"the rest default (`ASR_BATCH_WAIT_MS=10`). {r['requests_per_run']} requests per run split "
-             f"over the users; the {len(r['files'])} short recordings (1 to 7 s, one or two VAD segments "
-             f"each).\n")
-    header = ["users", "on: audio s/s", "off: audio s/s", "batching gain",
-              "gain per round (min / median / max)", "on p50 ms", "off p50 ms", "on p95 ms", "off p95 ms",
-              "on: segments per model call", "other tenants, cores (on / off)"]
-    if not any(bands.values()):  # nothing to judge the pooled gains by: no verdicts
-        return "\n".join([setup, _table(header, rows)])
-    reading = ("The gain per round compares round r of batching on with round r of off; a gain whose "
-               "per-round band includes zero is no measurable difference:\n")
-    return "\n".join([setup, _table(header, rows), reading, *verdicts, ""])
-
-
-def _balancing_verdict(p95: dict | None, throughput: dict | None) -> str:
-    """Which balancing is better, said only where every round agrees."""
-    if p95 is None:
-        return "No verdict: these figures were stored without their per-round band.\n"
-    if measurable(p95, RATIO):
-        better, worse = ("least_conn", "round robin") if p95["max"] < RATIO else ("round robin", "least_conn")
-        text = f"**{better} balances better here**: its p95 is lower than {worse}'s in every round"
-    else:
-        text = f"**Neither balancing is measurably better** in p95 ({reason(p95, times, RATIO)})"
-    if throughput is not None and measurable(throughput, RATIO):
-        side = "higher" if throughput["min"] > RATIO else "lower"
-        text += f"; least_conn's throughput is {side} than round robin's in every round"
-    elif throughput is not None:
-        text += f"; throughput: {NO_DIFFERENCE}"
-    return text + ".\n"
-
-
-def balancing(r: dict) -> str:
-    r = _with_bands(r, http_bench.balancing_bands)
-    rows = [[name, _f(x["p95_ms"], 0), _f(x["p50_ms"], 0), _f(x.get("short_p95_ms"), 0),
-             _f(x.get("long_p95_ms"), 0), _f(x["audio_s_per_s"], 3), _f(x["foreign_cores"])]
-            for name, x in r["table"].items()]
-    rr, lc = r["table"].get("round_robin"), r["table"].get("least_conn")
-    ratios = ""
-    if rr and lc:  # figures stored before the ratios were kept are worked out from the table
-        p95 = r.get("p95_ratio", lc["p95_ms"] / rr["p95_ms"])
-        throughput = r.get("throughput_ratio", lc["audio_s_per_s"] / rr["audio_s_per_s"])
-        lines = [headline(times(p95), r.get("p95_band"), times, RATIO, "least_conn p95 / round robin p95"),
-                 headline(times(throughput), r.get("throughput_band"), times, RATIO,
-                          "least_conn throughput / round robin throughput"),
-                 _balancing_verdict(r.get("p95_band"), r.get("throughput_band"))]
-        ratios = "\n" + "\n\n".join(lines)
-    setup = (f"Two fleets of two equal instances ({r['engine']}, weight 1 each: Nginx's weighted round robin "
-             f"is then plain alternation), one with `balancing = \"round_robin\"`, one with "
-             f"`\"least_conn\"`, taking turns. {r['concurrency']} users, {r['per_user']} requests each, over "
-             f"{', '.join(r['files'])}. The per-round ratios divide round r of least_conn by round r of "
-             f"round robin.\n")
-    header = ["balancing", "p95 ms", "p50 ms", "short files p95 ms", "long file p95 ms", "audio s/s",
-              "other tenants, cores"]
-    return "\n".join([setup, _table(header, rows), ratios, _fleet(r["fleet_toml"])])
-
-
-def rtf(r: dict) -> str:
-    rows = [[name, x["model"], _f(x["rtf"], 3), _f(x["cpu_rtf"], 3),
-             _f(1 / x["cpu_rtf"], 1) if x["cpu_rtf"] else "n/a", _f(x["cores_busy"], 2), _f(x["load_s"], 1)]
-            for name, x in r["table"].items()]
-    setup = (f"Each engine alone in the benchmark process (`app.engines.load_engine`), one clip per call, "
-             f"over the same {len(r['files'])} decoded recordings ({r['audio_s']} s of audio). RTF = wall "
-             "seconds per audio second (lower is faster); CPU RTF = CPU seconds (all threads and child "
-             "processes) per audio second, i.e. the RTF per core; its inverse is the audio seconds one core "
-             "transcribes per second.\n")
-    header = ["engine", "model", "RTF (wall)", "CPU RTF (per core)", "audio s per core-second", "cores busy",
-              "load s"]
-    return "\n".join([setup, _table(header, rows)])
-
-
-def whisper_stack(r: dict) -> str:
-    w, f = r["worker"], r["faster_whisper"]
-    rows = [[name, _f(x["audio_s_per_s"], 3), _f(x["p50_ms"], 0), _f(x["p95_ms"], 0),
-             ", ".join(_f(v, 2) for v in x["per_round"]), _f(x["foreign_cores"])]
-            for name, x in (("Whisper base worker (HTTP)", w), ("faster-whisper in-process", f))]
-    verdict = headline(_cost(r["stack_cost"]), r.get("stack_cost_band"), _cost, GAIN, "stack cost")
-    on_gpu = r.get("device") == "cuda"  # older figures name no device: they ran on the CPU
-    setup = (f"A direct Gunicorn worker (`ASR_ENGINE=whisper ASR_MODEL=base ASR_CPU_THREADS={r['threads']}"
-             f"{' CUDA_VISIBLE_DEVICES=0' if on_gpu else ''}`) against faster-whisper's own "
-             f"`BatchedInferencePipeline` (batch_size 8, its own VAD) on the same model, "
-             f"{r.get('compute_type', 'int8')}{', on GPU 0' if on_gpu else ''}, {r['threads']} threads, "
-             f"in the benchmark process, both fed the same uploads "
-             f"by {r['concurrency']} users, {r['per_user']} recordings each per round, over "
-             f"{', '.join(r['files'])}. The worker was ready {r['ready_s']} s after its start, with "
-             f"{r['resident_mb']} MB resident (master and worker).\n")
-    header = ["setup", "audio s/s", "p50 ms", "p95 ms", "rounds (audio s/s)", "other tenants, cores"]
-    return "\n".join([setup, _table(header, rows), verdict + "\n"])
-
-
-SECTIONS = [("overhead", "1. Stack overhead", overhead), ("scaling", "2. Scaling", scaling),
-            ("batching", "3. Batching", batching), ("balancing", "4. Balancing", balancing),
-            ("rtf", "5. Engines: real-time factor per core", rtf),
-            ("whisper_stack", "6. Whisper: the worker against faster-whisper itself", whisper_stack),
+SECTIONS = [("overhead", "1. Stack overhead", doc_sections.overhead), ("scaling", "2. Scaling", doc_sections.scaling),
+            ("batching", "3. Batching", doc_sections.batching), ("balancing", "4. Balancing", doc_sections.balancing),
+            ("rtf", "5. Engines: real-time factor per core", doc_sections.rtf),
+            ("whisper_stack", "6. Whisper: the worker against faster-whisper itself", doc_sections.whisper_stack),
             ("profile", "Profile", doc_profile.render),
             ("fanout", "7. Fan-out: one long recording over the fleet", fanout.render),
             ("vad", "8. VAD alone", vad.render),
@@ -265,27 +62,27 @@ def summary(results: dict) -> str:
     rows = []
     r = results.get("overhead", {})
     if "stack_cost" in r:
-        r = _with_bands(r, http_bench.overhead_bands)
+        r = with_bands(r, http_bench.overhead_bands)
         rows.append(["stack cost (fleet vs in-process throughput)",
-                     cell(_cost(r["stack_cost"]), r.get("stack_cost_band"), _cost, GAIN), "under 5%"])
+                     cell(cost(r["stack_cost"]), r.get("stack_cost_band"), cost, GAIN), "under 5%"])
     if r.get("stack_cpu_share") is not None:
         rows.append(["stack cost in CPU outside the engine (fleet vs in-process)",
-                     cell(_pct(r["stack_cpu_share"]), r.get("stack_cpu_share_band"), percent, GAIN),
+                     cell(signed_percent(r["stack_cpu_share"]), r.get("stack_cpu_share_band"), percent, GAIN),
                      "under 5%"])
     r = results.get("scaling", {})
     if len(r.get("table", {})) > 1:
         last, x = list(r["table"].items())[-1]
-        speedup_band = _table_bands(r, http_bench.scaling_bands, "speedup_band")[last]
+        speedup_band = table_bands(r, http_bench.scaling_bands, "speedup_band")[last]
         rows.append([f"scaling, {last} vs 1 instance", cell(times(x["speedup"]), speedup_band, times, RATIO),
                      ""])
     r = results.get("batching", {})
-    gain_bands = _table_bands(r, models.batching_bands, "gain_band") if "table" in r else {}
+    gain_bands = table_bands(r, models.batching_bands, "gain_band") if "table" in r else {}
     for c, x in r.get("table", {}).items():
-        rows.append([f"batching gain at {c} user(s)", cell(_pct(x["gain"]), gain_bands[c], percent, GAIN),
+        rows.append([f"batching gain at {c} user(s)", cell(signed_percent(x["gain"]), gain_bands[c], percent, GAIN),
                      ""])
     r = results.get("balancing", {})
     if "table" in r and {"round_robin", "least_conn"} <= set(r["table"]):
-        r, t = _with_bands(r, http_bench.balancing_bands), r["table"]
+        r, t = with_bands(r, http_bench.balancing_bands), r["table"]
         p95 = r.get("p95_ratio", t["least_conn"]["p95_ms"] / t["round_robin"]["p95_ms"])
         throughput = r.get("throughput_ratio",
                            t["least_conn"]["audio_s_per_s"] / t["round_robin"]["audio_s_per_s"])
@@ -295,7 +92,7 @@ def summary(results: dict) -> str:
     r = results.get("whisper_stack", {})
     if "stack_cost" in r:
         rows.append(["Whisper base worker vs faster-whisper in-process (throughput cost)",
-                     cell(_cost(r["stack_cost"]), r.get("stack_cost_band"), _cost, GAIN), "at most 5%"])
+                     cell(cost(r["stack_cost"]), r.get("stack_cost_band"), cost, GAIN), "at most 5%"])
         rows.append(["Whisper base worker: ready after start / resident memory",
                      f"{r['ready_s']} s / {r['resident_mb']} MB", "10 s / 700 MB"])
     r = results.get("fanout", {})
@@ -310,8 +107,8 @@ def summary(results: dict) -> str:
                      "at least 1000"])
     rows += doc_peers.summary_rows(results.get("peers", {}))
     for name, x in results.get("rtf", {}).get("table", {}).items():
-        rows.append([f"CPU RTF per core, {name}", _f(x["cpu_rtf"], 3), ""])
-    return "## Summary\n\n" + _table(["figure", "measured", "target"], rows) if rows else ""
+        rows.append([f"CPU RTF per core, {name}", number(x["cpu_rtf"], 3), ""])
+    return "## Summary\n\n" + table(["figure", "measured", "target"], rows) if rows else ""
 
 
 def render(results: dict, machine: dict, command: str, seconds: float) -> str:

@@ -3,6 +3,7 @@ measures): every number here comes from the stored result."""
 
 from __future__ import annotations
 
+from .markdown import details
 from .peers import setup_name
 from .stats import NO_DIFFERENCE
 
@@ -127,10 +128,6 @@ def _pct(value) -> str:
     return "n/a" if value is None else f"{value:.1%}"
 
 
-def _details(summary: str, text: str, lang: str) -> str:
-    return f"<details><summary>{summary}</summary>\n\n```{lang}\n{text.strip()}\n```\n</details>\n"
-
-
 def render(r: dict) -> str:
     """The section of docs/benchmarks.md (bench.doc.SECTIONS)."""
     g, users = r["goals"], str(r["goal_users"])
@@ -149,9 +146,9 @@ def render(r: dict) -> str:
             continue
         goals = [verdict(f, x["table"][users][f], g[f]) for f in ("throughput", "p95")]
         parts += [_setup(x, r), _tables(x), f"At {users} users:\n\n" + "\n".join(goals) + "\n", _answers(x, r),
-                  _details("our fleet file", x["fleet_toml"], "toml")]
+                  details("our fleet file", x["fleet_toml"], "toml")]
         if x.get("config_text"):
-            parts.append(_details("the peer's config file", x["config_text"], "yaml"))
+            parts.append(details("the peer's config file", x["config_text"], "yaml"))
     return "\n".join(parts)
 
 

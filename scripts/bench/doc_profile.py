@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-
-def _table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+from .markdown import table
 
 
 def _worker(w: dict) -> str:
-    cpu = _table(["on-CPU bucket", "share of samples", "ms per request"],
+    cpu = table(["on-CPU bucket", "share of samples", "ms per request"],
                  [[b["what"], f"{b['share'] * 100:.1f}%", b["ms_per_request"]] for b in w["cpu"]])
-    wall = _table(["handler thread time", "share", "ms per request"],
+    wall = table(["handler thread time", "share", "ms per request"],
                   [[b["what"], f"{b['share'] * 100:.1f}%", b["ms_per_request"]] for b in w["handler_wall"]])
     top = "\n".join(f"    {n:5d}  {frame}" for frame, n in w["top_cpu"])
     return (f"### Worker: {w['engine']}\n\n{w['concurrency']} users on the mixed set; py-spy "
@@ -28,7 +24,7 @@ def _steps(s: dict) -> str:
             "downmix by channel", "resample", "isfinite", "VAD", "JSON body"]
     rows = [[r["file"], r["source"], r["audio_s"], r["segments"], *[r[c] for c in cols]] for r in s["rows"]]
     rows.append(["**mean per request**", "", "", "", *[f"**{s['mean_per_request'][c]}**" for c in cols]])
-    return ("### Each request-path step alone (ms, median of repeats, one thread)\n\n" + _table(head, rows)
+    return ("### Each request-path step alone (ms, median of repeats, one thread)\n\n" + table(head, rows)
             + f"\nSilero VAD: **{s['vad_ms_per_audio_s']} ms per audio second**.\n")
 
 
