@@ -4,7 +4,7 @@ Silero VAD v6 as ONNX, through the VAD half of faster-whisper (its wheel
 ships the model and runs it with onnxruntime): the whole recording goes
 through the network in batches of 32 ms windows, instead of one Python call
 per window, and no torch is needed; app/silero.py takes the model's
-spectrogram by FFT, which makes it about 1.5x faster. These two modules are
+spectrogram by FFT, in less CPU time (docs/benchmarks.md, section 8). These two modules are
 the only users of faster_whisper outside app/engines/: of its VAD, not its
 speech model.
 

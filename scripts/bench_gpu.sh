@@ -28,8 +28,10 @@ err() {
 
 main() {
   cd "${REPO}"
-  # GPUs counted as the fleet counts them (scripts/fleet/config.py gpu_count).
-  if ! nvidia-smi -L 2>/dev/null | grep -q '^GPU '; then
+  # GPUs counted as the fleet counts them (scripts/fleet/placement.py gpu_count).
+  local gpus
+  gpus="$(nvidia-smi -L 2>/dev/null || true)"
+  if ! grep -q '^GPU ' <<< "${gpus}"; then
     err "no GPU visible to nvidia-smi: nothing to measure here (make bench runs the CPU benchmarks)"
     return 1
   fi

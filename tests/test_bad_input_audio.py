@@ -185,9 +185,8 @@ def test_bad_upload_gets_its_status_and_reason(catalogue_worker, row):
 def test_one_hour_of_silence_under_the_default_limit(start_worker):
     """Decided: an hour of silence within the limit is 200 with no segments.
 
-    Slow by nature: Silero VAD reads the whole hour (about 40 s on two
-    CPU cores) while holding the VAD lock, so other requests on this worker
-    wait for it. That is why the fleet's default limit matters.
+    Slow by nature: Silero VAD reads the whole hour in one handler thread
+    before the answer. That is why the fleet's default limit matters.
     """
     hour = ffmpeg("-f", "lavfi", "-i", "anullsrc=r=8000:cl=mono", "-t", "3600", *SILENCE, "pipe:1")
     worker = start_worker(ASR_ENGINE="pocketsphinx", private_tmp=True)

@@ -27,8 +27,8 @@ instance can hold more than it admits. The marks sit between the steps'
 loads (utilization = requests in hand / 5, averaged): 4 clients on 1
 instance 0.8, 5 on 2 0.5, 3 and a long one on 1 0.8, all above high_mark
 0.35 even with a client between requests; a long recording on each of 2 is
-0.1, below low_mark 0.25. high_for_s = 1 (two poller rounds) keeps it short;
-low_for_s = 2 leaves the long recordings time to reach their instances (the
+0.2, below low_mark 0.25. high_for_s = 1 (two poller rounds) keeps it short;
+low_for_s = 5 leaves the long recordings time to reach their instances (the
 load is already low while the clients before them finish); cooldown_s = 8
 is longer than a drain and high_for_s together, so the cooldown, not the
 load, decides when the second grow comes."""
@@ -61,7 +61,7 @@ from fleet.supervisor import Supervisor  # scripts/ is on sys.path through fleet
 pytestmark = pytest.mark.fleet
 
 SCALING = {"enabled": True, "metric": "utilization", "high_mark": 0.35, "low_mark": 0.25, "high_for_s": 1,
-           "low_for_s": 2, "cooldown_s": 8, "cpu_saturated_percent": 101, "drain_timeout_s": 60}
+           "low_for_s": 5, "cooldown_s": 8, "cpu_saturated_percent": 101, "drain_timeout_s": 60}
 TABLES = {"worker": {"max_concurrent": 5}, "scaling": SCALING}
 CHANGE = re.compile(r"^\S+ scale (\d) -> (\d) \(autoscale: average utilization ([\d.]+)\)", re.MULTILINE)
 
@@ -150,7 +150,7 @@ def run(tmp_path_factory, audio_dir):
     with fleet.running(1), Watch(fleet) as watch:
         r.watch, url, ledger = watch, fleet.url, r.ledger
         # Idle at min_instances, past low_for_s (no cooldown yet): nothing may shrink.
-        poller_rounds(fleet, 8)
+        poller_rounds(fleet, 14)  # 7 s at 0.5 s a round
         r.events_idle = fleet.events()
         with Stream(url, 4, ledger=ledger, clips=CLIPS):
             wait_for(lambda: grown(fleet, added), 120, "the autoscaler to add an instance")

@@ -16,7 +16,7 @@ from machine import fake_nvidia_smi, program_envs
 
 # isort: split
 from fleet import config as fc
-from fleet import render
+from fleet import placement, render
 from fleet import state as fs
 
 pytestmark = pytest.mark.unit
@@ -45,7 +45,7 @@ def prints(text: str, code: int = 0) -> str:
 ], ids=["absent", "two-h200", "mig", "no-driver", "no-devices", "cannot-start"])
 def test_gpu_count_reads_nvidia_smi_list(tmp_path, monkeypatch, body, shebang, count):
     fake_nvidia_smi(tmp_path, monkeypatch, body, shebang)
-    assert fc.gpu_count() == count
+    assert placement.gpu_count() == count
 
 
 def resolve(tmp_path: Path, text: str, gpus: int | None = 2) -> dict:

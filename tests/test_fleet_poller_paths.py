@@ -1,17 +1,17 @@
 """The health poller's quieter paths, through a real fleet (supervisord, Nginx,
 the poller, two pocketsphinx instances, one FunASR instance on the tiny model):
-- loading grace: an instance whose /health says "loading" is neither ejected
-  nor restarted for `health.max_load_s`, then both. Its model really loads:
-  one file is a named pipe (a stalled network mount) the test fills at will;
-- FATAL retry: an instance whose model directory is gone ends FATAL and is
-  started again every `health.fatal_retry_s`, no sooner; once the directory
-  is back, a retry brings it up RUNNING, healthy and answering requests;
-- maintenance: a held instance is never ejected, restored, restarted or
-  started, frozen, healthy or stopped; once let go the poller handles it again.
-"""
+- loading grace: an instance whose /health says "loading" is neither ejected nor restarted
+  for `health.max_load_s`, then both. Its model really loads: one file is a named pipe (a
+  stalled network mount) the test fills at will;
+- FATAL retry: an instance whose model directory is gone ends FATAL and is started again
+  every `health.fatal_retry_s`, no sooner; once the directory is back, a retry brings it
+  up RUNNING, healthy and answering requests;
+- maintenance: a held instance is never ejected, restored, restarted or started, frozen,
+  healthy or stopped; once let go the poller handles it again."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import itertools
 import json
@@ -108,8 +108,8 @@ class SlowFile:
         os.mkfifo(self.path)
 
     def _feed(self) -> None:
-        with open(self.path, "wb") as pipe:  # returns once a reader opens it
-            pipe.write(self.content)
+        with contextlib.suppress(BrokenPipeError), open(self.path, "wb") as pipe:  # a reader may die mid-read
+            pipe.write(self.content)  # open returns once a reader opens the pipe
         (spare := self.path.with_name(".restored")).write_bytes(self.content)
         os.replace(spare, self.path)  # later readers find the file in place
 

@@ -143,6 +143,10 @@ def test_api_keys_are_checked_before_any_work(tmp_path, audio_dir):
                            headers={"Authorization": "Bearer secret-two"})
     assert response.status_code == 503
     assert client.get("/health").status_code == 503  # open, and honest: not loaded
+    # The page and its script hold no data: open, so a person can enter the key there.
+    assert client.get("/").status_code == 200 and client.get("/static/page.js").status_code == 200
+    for path in ("/openapi.json", "/v1/models"):
+        assert client.get(path).status_code == 401, path
 
 
 def test_an_empty_key_file_refuses_to_start(tmp_path):

@@ -3,24 +3,24 @@ measures): every number here comes from the stored result."""
 
 from __future__ import annotations
 
-from .markdown import details
+from .markdown import details, number
 from .peers import setup_name
-from .stats import NO_DIFFERENCE
+from .stats import NO_DIFFERENCE, RATIO, reason, times
 
 SIDES = {"ours": "ours (fleet)", "peer": "peer"}
 BOUNDS = {"throughput": "at least", "p95": "at most"}
 
 
-def _x(value, digits: int = 2) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}x"
+def _x(value) -> str:
+    return "n/a" if value is None else times(value)
 
 
 def _ms(value) -> str:
-    return "n/a" if value is None else f"{value:,.0f}"
+    return number(None if value is None else float(value), 0)
 
 
 def _why(ratio: dict) -> str:
-    return "one round, so no band" if ratio["rounds"] < 2 else "the band includes 1.00x"
+    return reason(ratio, times, RATIO)
 
 
 def _noise(ratio: dict) -> str:

@@ -14,7 +14,7 @@ import contextlib
 import shutil
 import threading
 
-from fleet.config import gpu_count, query_gpus
+from fleet.placement import gpu_count, query_gpus
 
 INTERVAL_S = 0.5  # one reading every half second: a short round still gets several
 _watching: list[list[dict]] = []  # the samples of the benchmark now running (cli.main's watch())

@@ -80,11 +80,12 @@ def pooled(rows: list[dict]) -> dict:
             "failed": sum(r["sent"] - r["ok"] for r in rows), "elapsed_s": round(elapsed, 2),
             "audio_s_per_s": round(audio / elapsed, 3),
             "req_per_s": round(sum(r["ok"] for r in rows) / elapsed, 3),
-            "p50_ms": lat["p50"], "p95_ms": lat["p95"], "cpu_per_audio_s": round(cpu / audio, 4),
+            # A side that answered nothing has no CPU per audio second (not a crash).
+            "p50_ms": lat["p50"], "p95_ms": lat["p95"], "cpu_per_audio_s": round(cpu / audio, 4) if audio else None,
             "foreign_cores": round(sum(r["foreign_cores"] * r["elapsed_s"] for r in rows) / elapsed, 2),
             "per_round": [r["audio_s_per_s"] for r in rows],
             "cpu_per_audio_s_by_kind": {k: round(v / audio, 4)
-                                        for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])}}
+                                        for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])} if audio else {}}
 
 
 def _strip(runs: dict) -> dict:

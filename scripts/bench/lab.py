@@ -209,7 +209,11 @@ class Lab:
     def __exit__(self, *exc) -> None:
         try:
             for thing in reversed(self.things):
-                thing.stop()
+                try:
+                    thing.stop()
+                except Exception as error:  # noqa: BLE001 - one failed stop must not leave the rest running
+                    print(f"bench: stopping {thing} failed: {type(error).__name__}: {error}",
+                          file=sys.stderr, flush=True)
             self.things.clear()
         finally:
             signal.signal(signal.SIGTERM, self._previous_term)

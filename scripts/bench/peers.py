@@ -62,6 +62,14 @@ def setup_name(side: str, users: int) -> str:
     return f"{side}, {users} user{'s' if users > 1 else ''}"
 
 
+def _retry_after(value: str | None) -> float:
+    """Seconds to wait: Retry-After in seconds; 1 for a missing or HTTP-date value."""
+    try:
+        return max(0.0, float(value)) if value else 1.0
+    except ValueError:
+        return 1.0
+
+
 def _post(session: requests.Session, url: str, name: str, data: bytes, deadline: float) -> tuple:
     """(text or None, retries, error detail): one request, retried while refused for load."""
     retries = 0
@@ -73,7 +81,7 @@ def _post(session: requests.Session, url: str, name: str, data: bytes, deadline:
             return None, retries, f"{type(error).__name__}: {error}"[:200]
         if response.status_code in (429, 503) and time.monotonic() < deadline:
             retries += 1
-            time.sleep(float(response.headers.get("Retry-After") or 1))
+            time.sleep(_retry_after(response.headers.get("Retry-After")))
             continue
         try:
             text = response.json().get("text") if response.status_code == 200 else None
@@ -149,7 +157,7 @@ def check_answers(texts: list[tuple[str, str]], kind: str) -> dict:
         for key, pick in (("wer", lambda n: True), ("jfk_wer", lambda n: n == "jfk.flac")):
             pairs = [(_words(refs[n]), _words(t) or "(empty)") for n, t in texts if pick(n)]
             out[key] = round(jiwer.wer([r for r, _ in pairs], [h for _, h in pairs]), 4) if pairs else None
-        out["real_text"] = out["wer"] is not None and out["wer"] <= MAX_WER and out["jfk_wer"] <= MAX_WER
+        out["real_text"] = all(out[key] is not None and out[key] <= MAX_WER for key in ("wer", "jfk_wer"))
     return out
 
 
@@ -180,18 +188,23 @@ def measure(lab, opts, key: str, spec: dict, files) -> dict:
     fleet = Fleet(lab.work, f"peers-{key}", pool=size, size=size, balancing="least_conn",
                   env={"ASR_CPU_THREADS": str(OURS["threads"])}, **engine_settings(spec["engine"]))
     lab.things.append(fleet)
-    fleet.start()
-    server, command, config_text = _start(lab, key, spec)
-    sides = {"ours": fleet.url, "peer": server.url}
-    for side, url in sides.items():  # warm every instance and worker: first requests load lazily
-        warm = send_all(url, files, 4, 2)
-        if warm["ok"] < warm["sent"]:
-            raise RuntimeError(f"{side} ({url}) failed its warm-up: {warm['errors']}")
-    per_user = {c: spec["per_user"][c][1 if opts.quick else 0] for c in CONCURRENCIES}
-    runs = alternate({setup_name(side, c): (lambda url=url, c=c: send_all(url, files, c, per_user[c]))
-                      for c in CONCURRENCIES for side, url in sides.items()}, opts.rounds)
-    lab.release(server)
-    lab.release(fleet)
+    server = None
+    try:
+        fleet.start()
+        server, command, config_text = _start(lab, key, spec)
+        sides = {"ours": fleet.url, "peer": server.url}
+        for side, url in sides.items():  # warm every instance and worker: first requests load lazily
+            warm = send_all(url, files, 4, 2)
+            if warm["ok"] < warm["sent"]:
+                raise RuntimeError(f"{side} ({url}) failed its warm-up: {warm['errors']}")
+        per_user = {c: spec["per_user"][c][1 if opts.quick else 0] for c in CONCURRENCIES}
+        runs = alternate({setup_name(side, c): (lambda url=url, c=c: send_all(url, files, c, per_user[c]))
+                          for c in CONCURRENCIES for side, url in sides.items()}, opts.rounds)
+    finally:
+        # A failed peer must not leave its servers on the cores the next one is measured on.
+        if server is not None:
+            lab.release(server)
+        lab.release(fleet)
     table = {}
     for c in CONCURRENCIES:
         rows = {side: runs[setup_name(side, c)] for side in sides}

@@ -61,19 +61,26 @@ def apply_budget(resolved: dict, cores: int) -> None:
         env = {**worker["env"], **inst.get("env", {})}
         # Nginx and the poller find a worker by what the fleet file says: one
         # on another port or address would be invisible to both.
-        for key, knob in (("ASR_PORT", "port"), ("ASR_HOST", "nothing: workers listen on loopback"),
-                          ("ASR_INSTANCE_NAME", "nothing: the name is the fleet's")):
+        for key, why in (("ASR_PORT", "set the instance's port instead"),
+                         ("ASR_HOST", "workers listen on loopback only"),
+                         ("ASR_INSTANCE_NAME", "the name comes from the port")):
             if key in env:
-                raise FleetError(f"{inst['name']}: {key} is the fleet's to set (set {knob} instead)")
+                raise FleetError(f"{inst['name']}: {key} is the fleet's to set ({why})")
         if "ASR_MAX_CONCURRENT" in env:
             raise FleetError(f"{inst['name']}: set max_concurrent ([worker] or [[instance]]), not "
                              "ASR_MAX_CONCURRENT: Nginx's max_conns must match it")
         # An explicit ASR_CPU_THREADS (worker or instance env) wins, and the
         # autoscaler counts what the instance really runs.
         explicit = env.get("ASR_CPU_THREADS")
-        if explicit and not (str(explicit).isdigit() and int(explicit) >= 1):
-            raise FleetError(f"{inst['name']}: ASR_CPU_THREADS must be a positive integer, not {explicit!r}")
-        inst["cpu_threads"] = (int(explicit) if explicit else share) if on_cpu else None
+        threads = share
+        if explicit is not None:
+            try:
+                threads = int(str(explicit).strip())
+            except ValueError:
+                threads = 0
+            if threads < 1:
+                raise FleetError(f"{inst['name']}: ASR_CPU_THREADS must be a positive integer, not {explicit!r}")
+        inst["cpu_threads"] = threads if on_cpu else None
     resolved["cores"] = cores
 
 

@@ -15,10 +15,12 @@ import os
 import pwd
 import re
 import shutil
-import subprocess
 import sys
 import tomllib
 from pathlib import Path
+
+from .errors import FleetError
+from .placement import gpu_count, gpu_indexes, pool_of
 
 REPO = Path(__file__).resolve().parents[2]
 ENGINES = ("auto", "funasr", "whisper", "pocketsphinx")
@@ -61,7 +63,6 @@ DEFAULTS: dict[str, dict] = {
     },
     "monitor": {"interval_s": 2.0, "p95_alert_ms": 10000, "error_rate_alert": 0.05, "log_dir": ""},
 }
-INSTANCE_KEYS = {"port", "device", "weight", "env", "max_concurrent"}
 # Knobs that must be positive numbers (rate_limit_per_s: 0 means off).
 POSITIVE = {"worker": ("max_upload_mb", "request_timeout_s", "queue_max_items", "graceful_timeout_s",
                        "max_concurrent", "max_concurrent_gpu", "max_sync_s", "job_retention_s"),
@@ -69,35 +70,21 @@ POSITIVE = {"worker": ("max_upload_mb", "request_timeout_s", "queue_max_items", 
             "health": ("stuck_after_s", "stuck_factor", "fatal_retry_s")}
 
 
-class FleetError(Exception):
-    """A fleet problem with a one-line reason for the operator."""
-
-
-def nvidia_smi(*args: str) -> subprocess.CompletedProcess | None:
-    """nvidia-smi's answer to `args`; None without the tool or when it cannot start."""
-    if not shutil.which("nvidia-smi"):
-        return None
+def _account_name(uid: int) -> str:
+    """The user's name; its number where the passwd file has none (a
+    container run as an arbitrary uid: never root, so no Nginx `user`
+    directive names it)."""
     try:
-        return subprocess.run(["nvidia-smi", *args], check=False, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
-def gpu_count() -> int:
-    """GPUs nvidia-smi lists; 0 without the tool or a driver."""
-    out = nvidia_smi("-L")
-    return 0 if out is None else sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
-
-
-def query_gpus(*fields: str) -> list[dict[str, str]]:
-    """One {field: value} per GPU from `nvidia-smi --query-gpu=<fields>` (CSV
-    without header or units); [] without the tool or a driver (its error text
-    comes with a non-zero exit), a line of another shape skipped."""
-    out = nvidia_smi(f"--query-gpu={','.join(fields)}", "--format=csv,noheader,nounits")
-    if out is None or out.returncode:
-        return []
-    rows = [[value.strip() for value in line.split(",")] for line in out.stdout.splitlines()]
-    return [dict(zip(fields, row)) for row in rows if len(row) == len(fields)]
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
 
 
 def _merge(raw: dict, table: str) -> dict:
@@ -111,49 +98,6 @@ def _merge(raw: dict, table: str) -> dict:
         where = f"[{table}]" if table else "the top level"
         raise FleetError(f"unknown key(s) {', '.join(unknown)} at {where} of the fleet file")
     return {key: section.get(key, default) for key, default in defaults.items()}
-
-
-def _device(value, gpus: int, where: str, missing: str = "running it on the CPU") -> str:
-    if value == "cpu":
-        return "cpu"
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise FleetError(f"{where}: device must be a GPU index or \"cpu\", not {value!r}")
-    if value >= gpus:
-        print(f"fleet: {where}: GPU {value} not present ({gpus} found); {missing}", file=sys.stderr)
-        return "cpu"
-    return str(value)
-
-
-def _gpu_indexes(top: dict, gpus: int) -> list[int]:
-    """The GPUs the shorthand spreads instances over."""
-    if top["gpus"] == "auto":
-        return list(range(gpus))
-    if isinstance(top["gpus"], list):
-        # A missing GPU is left out of the spread: the instances go to the others.
-        devices = [_device(g, gpus, "gpus", "leaving it out") for g in top["gpus"]]
-        return [int(d) for d in devices if d != "cpu"]
-    raise FleetError(f"gpus must be \"auto\" or a list of GPU indexes, not {top['gpus']!r}")
-
-
-def _pool(raw: dict, top: dict, gpus: int, indexes: list[int]) -> list[dict]:
-    """The instance pool: explicit [[instance]] tables, or the shorthand."""
-    if "instance" in raw:
-        pool = []
-        for index, entry in enumerate(raw["instance"]):
-            where = f"[[instance]] #{index + 1}"
-            unknown = sorted(set(entry) - INSTANCE_KEYS)
-            if unknown or "port" not in entry:
-                raise FleetError(f"{where}: needs port; allowed keys are {', '.join(sorted(INSTANCE_KEYS))}")
-            env = entry.get("env", {})
-            if not isinstance(env, dict):
-                raise FleetError(f"{where}: env must be a table of VARIABLE = \"value\"")
-            pool.append({"port": entry["port"], "weight": entry.get("weight", 1), "env": env,
-                         "device": _device(entry.get("device", "cpu"), gpus, where),
-                         "max_concurrent": entry.get("max_concurrent")})
-        return pool
-    size = top["max_instances"] or top["instances"]
-    return [{"port": top["base_port"] + i, "weight": 1, "env": {},
-             "device": str(indexes[i % len(indexes)]) if indexes else "cpu"} for i in range(size)]
 
 
 def supervisor_value(key: str, value) -> str:
@@ -230,12 +174,12 @@ def load(config: Path, run_dir: Path, *, mode: str = "local", gpus: int | None =
     if isinstance(top["instances"], list):
         raise FleetError("explicit instances are [[instance]] tables; `instances` is the starting count")
     cores = cores or capacity.detect_cores(top["cpu_cores"])
-    indexes = [] if "instance" in raw else _gpu_indexes(top, gpus)
+    indexes = [] if "instance" in raw else gpu_indexes(top, gpus)
     if top["instances"] == "auto":
         top["instances"] = len(raw["instance"]) if "instance" in raw else capacity.auto_instances(len(indexes), cores)
     elif isinstance(top["instances"], bool) or not isinstance(top["instances"], int):
         raise FleetError(f"instances must be \"auto\" or a number, not {top['instances']!r}")
-    pool = _pool(raw, top, gpus, indexes)
+    pool = pool_of(raw, top, gpus, indexes)
     for inst in pool:
         inst["name"] = f"asr-{inst['port']}"
         inst["cuda_visible_devices"] = "" if inst["device"] == "cpu" else inst["device"]
@@ -257,7 +201,7 @@ def load(config: Path, run_dir: Path, *, mode: str = "local", gpus: int | None =
         "python": sys.executable, "bin_dir": str(Path(sys.executable).parent),
         # Whom this process runs as, not $USER (`su` keeps the caller's): as
         # root, Nginx's `user` directive names it and its workers must read the run folder.
-        "user": pwd.getpwuid(os.geteuid()).pw_name, "group": grp.getgrgid(os.getegid()).gr_name,
+        "user": _account_name(os.geteuid()), "group": _group_name(os.getegid()),
         "is_root": os.geteuid() == 0,
     }
     resolved["initial_instances"] = min(resolved["initial_instances"], len(pool))

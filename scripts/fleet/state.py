@@ -21,7 +21,7 @@ from .config import FleetError, write_atomic
 
 
 def now_iso() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 def log_event(resolved: dict, message: str) -> None:
