@@ -6,6 +6,7 @@ tests wrap the real engine in one that fails where told to.
 
 import time
 
+import numpy as np
 import pytest
 import soundfile
 from machine import wait_for
@@ -129,3 +130,40 @@ def test_waiting_past_the_deadline_raises(engine, clips):
                       backoff_s=0)  # not started
     with pytest.raises(DeadlineExceeded):
         wait_all(batcher.submit(clips[:1], DecodeOptions("en"), later()), time.monotonic() + 0.2)
+
+
+class Padding(FailingEngine):
+    """The real engine, declaring that it pads a batch to its longest clip
+    (as FunASR's does); records each batch's clip lengths in seconds."""
+
+    pads_to_longest = True
+
+    def __init__(self, engine):
+        super().__init__(engine)
+        self.batches = []
+
+    def transcribe_batch(self, audios, options):
+        self.batches.append(sorted(round(len(a) / 16000, 2) for a in audios))
+        return super().transcribe_batch(audios, options)
+
+
+def test_an_engine_that_pads_gets_batches_of_close_lengths(engine, clips):
+    # cards003 and cards004 are 1.54 and 1.55 s, cards005 3.50 s: one of
+    # each long, then short, in arrival order.
+    long_one = np.concatenate([clips[4], clips[4]])
+    arrivals = [clips[2], long_one, clips[3], clips[4], long_one]
+    padding = Padding(engine)
+    batcher, _ = make_batcher(padding, wait_s=0.2)
+    outcomes = wait_all(batcher.submit(arrivals, DecodeOptions("en"), later()), later())
+    assert all(not isinstance(o, Exception) for o in outcomes)
+    # Together all five would be padded to 7 s each: 35 s for 19 s of audio.
+    assert padding.batches == [[1.54, 1.55], [7.0, 7.0], [3.5]], padding.batches
+    assert "clubs" in outcomes[0].text  # "seven of clubs", answered in its own place
+
+
+def test_an_engine_that_does_not_pad_batches_any_lengths(engine, clips):
+    recorder = FailingEngine(engine)
+    batcher, _ = make_batcher(recorder, wait_s=0.2)
+    wait_all(batcher.submit([clips[2], np.concatenate([clips[4], clips[4]]), clips[3]], DecodeOptions("en"),
+                            later()), later())
+    assert recorder.calls == [3]

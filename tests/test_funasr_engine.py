@@ -176,6 +176,13 @@ def test_sensevoice_times_its_words_inside_the_clip(engine, librivox):
         assert all(word.word in result.text for word in piece.words), (piece.words, result.text)
 
 
+
+def test_without_words_the_text_is_the_same_and_untimed(engine, librivox):
+    timed = engine.transcribe_batch(librivox, DecodeOptions(language="en"))
+    plain = engine.transcribe_batch(librivox, DecodeOptions(language="en", words=False))
+    assert [t.text for t in plain] == [t.text for t in timed] and all(t.text for t in plain)
+    assert all(t.pieces for t in timed) and not any(t.pieces for t in plain)
+
 @pytest.mark.parametrize("tokens, spans, expected", [
     (["Hello", ",", "world", "."], [[0, 300], [300, 330], [400, 900], [900, 930]],
      [(0.0, 0.33, "Hello,"), (0.4, 0.93, "world.")]),

@@ -6,11 +6,13 @@ openai client where it can send the request."""
 import itertools
 import re
 
+import flask
 import openai
 import pytest
 import requests
 
 from app import create_app
+from app.routers import openai_params
 from app.settings import Settings
 
 pytestmark = pytest.mark.worker
@@ -89,6 +91,17 @@ def test_sensevoice_words_come_from_funasrs_ctc_timestamps(ready_app, tiny_model
         inside = [w for w in words if segment["start"] <= w["start"] and w["end"] <= segment["end"]]
         assert inside and all(w["word"] in segment["text"] for w in inside)
 
+
+
+@pytest.mark.parametrize("form, words", [
+    ({}, False), ({"response_format": "text"}, False), ({"response_format": "verbose_json"}, False),
+    ({"response_format": "verbose_json", "timestamp_granularities[]": "word"}, True),
+    ({"response_format": "srt"}, True), ({"response_format": "vtt"}, True),
+])
+def test_words_are_timed_only_for_answers_that_show_them(ready_app, tiny_model_dir, form, words):
+    app = ready_app(Settings(engine="funasr", model=str(tiny_model_dir), instance_name="sv-options"))
+    with app.test_request_context("/v1/audio/transcriptions", method="POST", data=form):
+        assert openai_params.parse(flask.request.form, task="transcribe").options.words is words
 
 def test_srt_and_vtt_cues_are_readable_and_carry_the_whole_text(client, audio_dir):
     text = transcribe(client, audio_dir / READING).text

@@ -76,6 +76,17 @@ def test_words_are_timed_in_order_inside_their_piece(base, english):
         assert piece.avg_logprob < 0 and 0 <= piece.no_speech_prob <= 1 and piece.compression_ratio > 0
 
 
+
+def test_without_words_the_text_and_pieces_are_the_same_and_untimed(base, english):
+    jfk = english[0][-1]
+    [timed] = base.transcribe_batch([jfk], DecodeOptions("en"))
+    [plain] = base.transcribe_batch([jfk], DecodeOptions("en", words=False))
+    assert plain.text == timed.text and "country" in plain.text
+    assert [p.text for p in plain.pieces] == [p.text for p in timed.pieces]
+    assert all(p.words for p in timed.pieces) and not any(p.words for p in plain.pieces)
+    # The pieces keep Whisper's timestamp tokens (the words would have moved their ends to the last word's).
+    assert all(0 <= p.start < p.end <= 11.01 for p in plain.pieces)
+
 def test_the_english_only_model_accepts_english_and_auto_only(tiny_en):
     assert tiny_en.languages == {"auto", "en"}
     base_languages = load_engine(Settings(engine="whisper", model="base")).languages

@@ -23,6 +23,10 @@ class DecodeOptions:
     # Text the model conditions on (Whisper's initial prompt).
     prompt: str | None = None
     temperature: float = 0.0
+    # Time each word (SRT and VTT cues, verbose_json words): an alignment
+    # pass after recognition that a plain-text answer does not need. On by
+    # default, for answers whose format is chosen later (jobs, /asr).
+    words: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +82,8 @@ class Engine(Protocol):
     window_seconds: the audio the model always processes at once (Whisper's
         30 s), so short speech segments are merged up to it; None when a
         shorter clip costs less.
+    An engine that pads a batch to its longest clip says so with a true
+    `pads_to_longest` attribute, and the batcher keeps lengths close.
     """
 
     name: str

@@ -154,6 +154,8 @@ class FunASREngine:
     name = "funasr"
     # SenseVoice's cost follows the clip's length: no reason to merge segments.
     window_seconds = None
+    # generate() pads a batch to its longest clip: the batcher keeps lengths close.
+    pads_to_longest = True
 
     def __init__(self, automodel, model: str, device: str) -> None:
         self._automodel = automodel
@@ -163,7 +165,7 @@ class FunASREngine:
         # Other FunASR models (Paraformer, ...) take no language hint.
         self.languages = SENSEVOICE_LANGUAGES if self.sensevoice else frozenset({"auto"})
         # SenseVoice times its tokens by CTC forced alignment (FunASR's
-        # output_timestamp): a few ms a clip, so it is always on.
+        # output_timestamp), for the requests whose options ask for words.
         self.word_timestamps = self.sensevoice
 
     @classmethod
@@ -217,13 +219,14 @@ class FunASREngine:
         indices = [i for i, clip in enumerate(clips) if clip.size]
         if not indices:
             return results
+        timed = self.word_timestamps and options.words
         options = {"language": language, "use_itn": True} if self.sensevoice else {}
         batch = [clips[i] for i in indices]
         # funasr returns results in input order; every item gets the same random
         # "key", so order is the only way to match them up.
         try:
             outputs = self._automodel.generate(batch, batch_size=len(batch), **options,
-                                               output_timestamp=self.word_timestamps)
+                                               output_timestamp=timed)
         except IndexError as error:
             # FunASR's alignment indexes its tokens past their end when one
             # token maps to several ids; the text is fine, so the batch is

@@ -148,9 +148,10 @@ class WhisperEngine:
             pieces.append(split)
             sizes.append(size)
             scores.append((avg_logprob, result.no_speech_prob))
-        # Every clip keeps at least one piece here: the aligner indexes each one.
-        whisper.add_word_timestamps(pieces, tokenizer, encoded, sizes, PREPEND_PUNCTUATION,
-                                    APPEND_PUNCTUATION, 0.0)
+        if options.words:  # one more decoder pass (cross-attention alignment) over the batch
+            # Every clip keeps at least one piece here: the aligner indexes each one.
+            whisper.add_word_timestamps(pieces, tokenizer, encoded, sizes, PREPEND_PUNCTUATION,
+                                        APPEND_PUNCTUATION, 0.0)
         transcripts = []
         for split, duration, (avg_logprob, no_speech_prob) in zip(pieces, durations, scores):
             timed = []

@@ -16,6 +16,8 @@ from app.routers.openai_models import check_model
 GRANULARITIES = ("segment", "word")
 # Streaming sends text as it is recognised: only the text-only formats.
 STREAMED_FORMATS = ("json", "text")
+# Subtitle cues are cut at word boundaries: these need the words timed.
+CUED_FORMATS = ("srt", "vtt")
 TRUE, FALSE = ("true", "1"), ("false", "0", "")
 
 
@@ -44,7 +46,8 @@ def parse(form, *, task: str) -> OpenAIRequest:
     # Translations take no language: Whisper detects it and answers in English.
     language = language_field(form.get("language")) if task == "transcribe" else "auto"
     options = DecodeOptions(language=language, task=task, prompt=(form.get("prompt") or "").strip() or None,
-                            temperature=_temperature(form.get("temperature")))
+                            temperature=_temperature(form.get("temperature")),
+                            words=response_format in CUED_FORMATS or "word" in granularities)
     return OpenAIRequest(model, response_format, granularities, stream, options)
 
 
