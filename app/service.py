@@ -20,7 +20,7 @@ import numpy as np
 from app import vad
 from app.audio import SAMPLE_RATE
 from app.batching import Batcher, wait_all
-from app.engines import DecodeOptions, Engine, Transcript, load_engine
+from app.engines import DecodeOptions, Engine, Transcript, batch_items, load_engine
 from app.engines.base import Word
 from app.errors import ASRError, DeadlineExceeded, Overloaded, Unprocessable
 from app.formats import SegmentText
@@ -77,7 +77,7 @@ class Transcriber:
             self.engine = load_engine(self.settings)
             self.segmenter.load()
             self.batcher = Batcher(
-                self.engine, max_items=self.settings.batch_max_items,
+                self.engine, max_items=self.settings.batch_max_items or batch_items(self.engine),
                 max_seconds=self.settings.batch_max_seconds,
                 wait_s=self.settings.batch_wait_ms / 1000, queue_limit=self.settings.queue_max_items,
                 retries=self.settings.segment_retries, backoff_s=self.settings.retry_backoff_seconds,

@@ -56,7 +56,9 @@ class Settings:
     min_segment_seconds: float = 0.1
     ffmpeg_timeout_seconds: float = 60.0
 
-    batch_max_items: int = 8
+    # Segments per model call; None (unset, or "auto"): the engine's choice
+    # for its device (app.engines.batch_items).
+    batch_max_items: int | None = None
     batch_max_seconds: float = 240.0
     batch_wait_ms: float = 10.0
     # Segments waiting for the model; above this the worker answers 503.
@@ -131,7 +133,7 @@ class Settings:
             "ASR_MAX_UPLOAD_MB": self.max_upload_bytes,
             "ASR_MAX_AUDIO_SECONDS": self.max_audio_seconds,
             "ASR_MAX_SEGMENT_SECONDS": self.max_segment_seconds,
-            "ASR_BATCH_MAX_ITEMS": self.batch_max_items,
+            "ASR_BATCH_MAX_ITEMS": 1 if self.batch_max_items is None else self.batch_max_items,
             "ASR_BATCH_MAX_SECONDS": self.batch_max_seconds,
             "ASR_QUEUE_MAX_ITEMS": self.queue_max_items,
             "ASR_MAX_CONCURRENT": self.max_concurrent_requests,
@@ -187,7 +189,8 @@ class Settings:
         take("ASR_MAX_SIMPLE_SECONDS", "max_simple_seconds", float)
         take("ASR_MAX_SEGMENT_SECONDS", "max_segment_seconds", float)
         take("ASR_FFMPEG_TIMEOUT", "ffmpeg_timeout_seconds", float)
-        take("ASR_BATCH_MAX_ITEMS", "batch_max_items", int)
+        if (env.get("ASR_BATCH_MAX_ITEMS") or "").strip().lower() != "auto":
+            take("ASR_BATCH_MAX_ITEMS", "batch_max_items", int)
         take("ASR_BATCH_MAX_SECONDS", "batch_max_seconds", float)
         take("ASR_BATCH_WAIT_MS", "batch_wait_ms", float)
         take("ASR_QUEUE_MAX_ITEMS", "queue_max_items", int)

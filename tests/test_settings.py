@@ -38,6 +38,12 @@ def test_environment_overrides_every_named_knob():
     assert settings.uses_gpu
 
 
+
+@pytest.mark.parametrize("value", [None, "", "auto", " Auto "])
+def test_batch_size_left_to_the_engine_unless_set(value):
+    env = {} if value is None else {"ASR_BATCH_MAX_ITEMS": value}
+    assert Settings.from_env(env).batch_max_items is None
+
 @pytest.mark.parametrize("visible", ["", "-1", "none"])
 def test_no_gpu_when_cuda_visible_devices_hides_them(visible):
     assert not Settings(cuda_visible_devices=visible).uses_gpu

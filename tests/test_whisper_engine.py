@@ -9,7 +9,8 @@ import opencc
 import pytest
 
 from app.batching import Batcher, wait_all
-from app.engines import DecodeOptions, load_engine, whisper_models
+from app.engines import BATCH_ITEMS, DecodeOptions, batch_items, load_engine, whisper_models
+from app.engines.pocketsphinx_engine import PocketSphinxEngine
 from app.engines.whisper_engine import WhisperEngine
 from app.errors import ConfigError
 from app.settings import Settings
@@ -86,6 +87,11 @@ def test_without_words_the_text_and_pieces_are_the_same_and_untimed(base, englis
     assert all(p.words for p in timed.pieces) and not any(p.words for p in plain.pieces)
     # The pieces keep Whisper's timestamp tokens (the words would have moved their ends to the last word's).
     assert all(0 <= p.start < p.end <= 11.01 for p in plain.pieces)
+
+
+def test_on_the_cpu_whisper_runs_one_segment_per_call_and_others_batch(base):
+    assert batch_items(base) == 1
+    assert batch_items(PocketSphinxEngine.load()) == BATCH_ITEMS == 8
 
 def test_the_english_only_model_accepts_english_and_auto_only(tiny_en):
     assert tiny_en.languages == {"auto", "en"}

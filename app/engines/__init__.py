@@ -14,9 +14,21 @@ from app.engines.base import SAMPLE_RATE, DecodeOptions, Engine, Transcript
 from app.errors import ConfigError
 from app.settings import Settings
 
-__all__ = ["SAMPLE_RATE", "DecodeOptions", "Engine", "Transcript", "load_engine", "prefetch"]
+__all__ = ["SAMPLE_RATE", "DecodeOptions", "Engine", "Transcript", "batch_items", "load_engine", "prefetch"]
 
 log = logging.getLogger(__name__)
+
+
+# Segments per model call when ASR_BATCH_MAX_ITEMS is not set.
+BATCH_ITEMS = 8
+
+
+def batch_items(engine: Engine) -> int:
+    """BATCH_ITEMS, or 1 for an engine that says batching loses on its
+    device (`batches_on_cpu = False`, on the CPU)."""
+    if engine.device == "cpu" and not getattr(engine, "batches_on_cpu", True):
+        return 1
+    return BATCH_ITEMS
 
 
 def load_engine(settings: Settings) -> Engine:

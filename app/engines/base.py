@@ -84,6 +84,8 @@ class Engine(Protocol):
         shorter clip costs less.
     An engine that pads a batch to its longest clip says so with a true
     `pads_to_longest` attribute, and the batcher keeps lengths close.
+    One for which batching costs more than it saves on the CPU says so with a
+    false `batches_on_cpu`: its CPU workers run one segment per model call.
     """
 
     name: str

@@ -128,7 +128,7 @@ class Puller:
     def _claim(self) -> None:
         batcher = self.transcriber.batcher
         room = self.settings.pull_max_items - len(self._pending)
-        if room <= 0 or batcher.depth >= self.settings.batch_max_items:
+        if room <= 0 or batcher.depth >= batcher.max_items:
             return
         claimed = self.store.claim(self.worker_id, room, self.settings.worker_stale_seconds, MAX_ATTEMPTS)
         deadline = time.monotonic() + SEGMENT_DEADLINE_S

@@ -54,6 +54,23 @@ def verdict(figure: str, ratio: dict | None, goal: float) -> str:
             f"{goal}x**: " + (why if ratio["measurable"] else f"{NO_DIFFERENCE} from the peer ({_why(ratio)})"))
 
 
+def cpu_why(x: dict, users: str, goal: float) -> str:
+    """Why a throughput goal is missed, from the same rounds: throughput is
+    the cores a side keeps busy over the CPU seconds it spends per audio second."""
+    t = x["table"][users]
+    if t["throughput"] is None or t["throughput"]["pooled"] >= goal:
+        return ""
+    o, p, cores = t["ours"], t["peer"], x["workers"] * x["threads"]
+    cost = {side: t[side]["cores_busy"] / t[side]["audio_s_per_s"] for side in SIDES}
+    need = cores / (goal * p["audio_s_per_s"])
+    return (f"- why: throughput is the cores a side keeps busy over the CPU seconds it spends per audio second "
+            f"(the load generator's share included on both). Cores busy: ours {o['cores_busy']:.2f}, the "
+            f"peer's {p['cores_busy']:.2f}, of {cores}. CPU seconds per audio second: ours {cost['ours']:.3f}, "
+            f"the peer's {cost['peer']:.3f}. Even with all {cores} cores busy, {goal}x would need ours at "
+            f"{need:.3f}, {1 - need / cost['ours']:.0%} less than now, on the same model. The Profile "
+            f"section's `{x['engine']}` worker shows how much of ours is the model call.\n")
+
+
 def _setup(x: dict, r: dict) -> str:
     v, ours = x["versions"], x["ours"]
     if x["check"] == "status":
@@ -145,7 +162,9 @@ def render(r: dict) -> str:
             parts.append(f"Not measured: {x['skipped']}\n")
             continue
         goals = [verdict(f, x["table"][users][f], g[f]) for f in ("throughput", "p95")]
-        parts += [_setup(x, r), _tables(x), f"At {users} users:\n\n" + "\n".join(goals) + "\n", _answers(x, r),
+        parts += [_setup(x, r), _tables(x),
+                  f"At {users} users:\n\n" + "\n".join(goals) + "\n" + cpu_why(x, users, g["throughput"]),
+                  _answers(x, r),
                   details("our fleet file", x["fleet_toml"], "toml")]
         if x.get("config_text"):
             parts.append(details("the peer's config file", x["config_text"], "yaml"))

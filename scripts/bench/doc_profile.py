@@ -11,7 +11,9 @@ def _worker(w: dict) -> str:
     wall = table(["handler thread time", "share", "ms per request"],
                   [[b["what"], f"{b['share'] * 100:.1f}%", b["ms_per_request"]] for b in w["handler_wall"]])
     top = "\n".join(f"    {n:5d}  {frame}" for frame, n in w["top_cpu"])
-    return (f"### Worker: {w['engine']}\n\n{w['concurrency']} users on the mixed set; py-spy "
+    threads = f", `ASR_CPU_THREADS={w['threads']}`" if w.get("threads") else ""
+    return (f"### Worker: {w['engine']}\n\n{w['concurrency']} users on the mixed set through "
+            f"`{w.get('endpoint', '/asr')}`{threads}; py-spy "
             f"{w['seconds']} s on-CPU ({w['requests']} requests finished meanwhile), then {w['seconds']} s "
             f"of every thread (`--idle`, {w['idle_requests']} requests).\n\n{cpu}\n{wall}\n"
             f"Busiest innermost frames (on-CPU samples):\n\n```\n{top}\n```\n")

@@ -22,12 +22,12 @@ from .lab import Lab
 from .stats import GAIN, RATIO, band, paired
 
 
-def http_run(url: str, files, concurrency: int, per_user: int, warmup: int = 0) -> dict:
+def http_run(url: str, files, concurrency: int, per_user: int, warmup: int = 0, endpoint: str = "/asr") -> dict:
     """One bounded load-test run (scripts/loadtest.py's core) reduced to a benchmark row."""
     meter = CpuMeter()
     with gpu.during_load():
-        result = run_load(LoadConfig(url=url, files=files, concurrency=concurrency, requests=per_user,
-                                     warmup=warmup, timeout=600, max_duration=1800))
+        result = run_load(LoadConfig(url=url, endpoint=endpoint, files=files, concurrency=concurrency,
+                                     requests=per_user, warmup=warmup, timeout=600, max_duration=1800))
     cpu, kinds = meter.read(), meter.by_kind()
     s = summarize(result)
     row = compact(sent=s["requests"]["sent"], ok=s["requests"]["ok"], elapsed=result.elapsed,

@@ -21,11 +21,12 @@ import requests
 from loadtest.config import LoadConfig
 from loadtest.core import run_load
 
-from .env import MIXED, REPO, TINY_MODEL, audio_set, ensure_model
+from .env import FULL_MODEL, MIXED, REPO, TINY_MODEL, audio_set, ensure_model
 from .http import http_run
 from .lab import Lab
 from .steps import step_costs
 
+OPENAI = "/v1/audio/transcriptions"
 RATE = 100  # py-spy samples per second per thread
 # On-CPU buckets, first match wins: (label, any of these substrings in the stack).
 CPU_BUCKETS = [
@@ -87,12 +88,12 @@ def _top(stacks: collections.Counter, count: int = 8) -> list[tuple[str, int]]:
     return leaves.most_common(count)
 
 
-def profile_worker(lab: Lab, name: str, env: dict, seconds: float, concurrency: int) -> dict:
+def profile_worker(lab: Lab, name: str, env: dict, endpoint: str, seconds: float, concurrency: int) -> dict:
     worker = lab.worker(f"profile-{name}", env)
     files = audio_set(MIXED)
-    http_run(worker.url, files, concurrency, 1)  # warm-up
-    config = LoadConfig(url=worker.url, files=files, concurrency=concurrency, duration=2 * seconds + 8,
-                        timeout=600)
+    http_run(worker.url, files, concurrency, 1, endpoint=endpoint)  # warm-up
+    config = LoadConfig(url=worker.url, endpoint=endpoint, files=files, concurrency=concurrency,
+                        duration=2 * seconds + 8, timeout=600)
     load = threading.Thread(target=run_load, args=(config,), daemon=True)
     load.start()
     time.sleep(2)
@@ -107,7 +108,8 @@ def profile_worker(lab: Lab, name: str, env: dict, seconds: float, concurrency: 
     cpu, done = passes["cpu"]
     idle, idle_done = passes["idle"]
     handler = "ThreadWorker.handle_request"
-    return {"engine": name, "seconds": seconds, "concurrency": concurrency, "requests": done,
+    return {"engine": name, "endpoint": endpoint, "threads": env.get("ASR_CPU_THREADS"), "seconds": seconds,
+            "concurrency": concurrency, "requests": done,
             "cpu": _bucket(cpu, CPU_BUCKETS, done), "top_cpu": _top(cpu),
             "handler_wall": _bucket(idle, WAIT_BUCKETS, idle_done, only=handler),
             "idle_requests": idle_done}
@@ -117,11 +119,17 @@ def profile(lab: Lab, opts) -> dict:
     if not shutil.which("py-spy", path=str(REPO / ".venv" / "bin")):
         return {"name": "profile", "skipped": "py-spy is not installed in .venv (pip install py-spy)"}
     seconds = 6 if opts.quick else 12
-    workers = {"pocketsphinx": {"ASR_ENGINE": "pocketsphinx"}}
+    workers = {"pocketsphinx": ({"ASR_ENGINE": "pocketsphinx"}, "/asr")}
     if not opts.quick:
-        workers["funasr-tiny"] = {"ASR_ENGINE": "funasr",
-                                  "ASR_MODEL": str(ensure_model(TINY_MODEL, full_size=False))}
-    out = {"name": "profile", "workers": [profile_worker(lab, n, env, seconds, opts.concurrency)
-                                          for n, env in workers.items()]}
+        workers["funasr-tiny"] = ({"ASR_ENGINE": "funasr",
+                                   "ASR_MODEL": str(ensure_model(TINY_MODEL, full_size=False))}, "/asr")
+        # The two models the peers section compares, as an instance runs there:
+        # one thread, the OpenAI endpoint with its JSON answer (no word times).
+        one_core = {"ASR_CPU_THREADS": "1"}
+        workers["funasr-full"] = ({"ASR_ENGINE": "funasr", "ASR_MODEL": str(ensure_model(FULL_MODEL, full_size=True)),
+                                   **one_core}, OPENAI)
+        workers["whisper-base"] = ({"ASR_ENGINE": "whisper", "ASR_MODEL": "base", **one_core}, OPENAI)
+    out = {"name": "profile", "workers": [profile_worker(lab, n, env, endpoint, seconds, opts.concurrency)
+                                          for n, (env, endpoint) in workers.items()]}
     out["steps"] = step_costs(audio_set(MIXED))
     return out
