@@ -110,7 +110,7 @@ def batching(r: dict) -> str:
              f"the rest default (`ASR_BATCH_WAIT_MS=10`). {r['requests_per_run']} requests per run split "
              f"over the users; the {len(r['files'])} short recordings (1 to 7 s, one or two VAD segments "
              f"each). The default, `ASR_BATCH_MAX_ITEMS=auto`, is 1 for Whisper on the CPU and 8 elsewhere "
-             f"(`app/engines/__init__.py:batch_items`): this section is the reason.\n")
+             f"(`app/engines/__init__.py:batch_items`).\n")
     header = ["users", "on: audio s/s", "off: audio s/s", "batching gain",
               "gain per round (min / median / max)", "on p50 ms", "off p50 ms", "on p95 ms", "off p95 ms",
               "on: segments per model call", "other tenants, cores (on / off)"]
