@@ -11,6 +11,7 @@ from machine import REPO
 sys.path.insert(0, str(REPO / "scripts"))
 from bench import cli as bench
 from bench import doc as bench_doc
+from bench import profile
 
 pytestmark = pytest.mark.unit
 
@@ -44,3 +45,15 @@ def test_render_only_rewrites_the_committed_document_from_its_figures(tmp_path):
     results = json.loads(stored.read_text())["results"]
     if "overhead" in results and "stack_cost" in results["overhead"]:
         assert f"{results['overhead']['stack_cost'] * 100:.1f}% of throughput" in text
+
+
+def test_profile_counts_native_compute_py_spy_cannot_sample():
+    sampled = [{"what": "VAD: Silero in the handler thread", "samples": 65, "ms_per_request": 6.5, "share": 0.84},
+               {"what": "engine: model call (inference thread)", "samples": 12, "ms_per_request": 1.2, "share": 0.16}]
+    # CTranslate2 computes in its own OpenMP threads: 300 ms of process CPU, 7.7 ms sampled.
+    buckets = profile._with_unsampled([dict(b) for b in sampled], 300.0)
+    assert [(b["what"], b["ms_per_request"], b["share"]) for b in buckets] == [
+        (profile.UNSAMPLED, 292.3, 0.9743), ("VAD: Silero in the handler thread", 6.5, 0.0217),
+        ("engine: model call (inference thread)", 1.2, 0.004)]
+    # Samples that account for the process's time are left as they are.
+    assert profile._with_unsampled([dict(b) for b in sampled], 8.0) == sampled

@@ -84,6 +84,12 @@ def test_rendered_section_takes_every_figure_from_the_result_and_says_where_we_f
     assert "**we fall short of the goal of at most 0.7x**" in text
     assert "not speaches" in text and "2 worker processes of 1 thread(s)" in text
     assert "word error rate 2.0%" in text and "Not measured: RuntimeError: pip failed" in text
+    # Why, from the same rounds: both sides 1.9 cores busy; 1.5x the peer's 9.87 audio s/s on 2 cores
+    # needs 2 / 14.805 CPU s per audio second, against ours 1.9 / 12.34.
+    assert (f"CPU seconds per audio second: ours {1.9 / 12.34:.3f}, the peer's {1.9 / 9.87:.3f}. Even with all "
+            f"2 cores busy, 1.5x would need ours at {2 / (1.5 * 9.87):.3f}, "
+            f"{1 - (2 / (1.5 * 9.87)) / (1.9 / 12.34):.0%} less than now") in text
+    assert "`whisper-base` worker shows how much of ours is the model call" in text
     rows = doc_peers.summary_rows(_result(ours=(20.0, 1000.0), peer=(10.0, 2000.0)))
     assert rows == [["vs faster-whisper-server, 8 users: throughput ours/peer", "2.00x (rounds 2.00x to 2.00x)",
                      "at least 1.5x"],

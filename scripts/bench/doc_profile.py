@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from .markdown import table
+from .profile import UNSAMPLED
 
 
 def _worker(w: dict) -> str:
-    cpu = table(["on-CPU bucket", "share of samples", "ms per request"],
+    cpu = table(["on-CPU bucket", "share", "ms per request"],
                  [[b["what"], f"{b['share'] * 100:.1f}%", b["ms_per_request"]] for b in w["cpu"]])
     wall = table(["handler thread time", "share", "ms per request"],
                   [[b["what"], f"{b['share'] * 100:.1f}%", b["ms_per_request"]] for b in w["handler_wall"]])
@@ -15,8 +16,18 @@ def _worker(w: dict) -> str:
     return (f"### Worker: {w['engine']}\n\n{w['concurrency']} users on the mixed set through "
             f"`{w.get('endpoint', '/asr')}`{threads}; py-spy "
             f"{w['seconds']} s on-CPU ({w['requests']} requests finished meanwhile), then {w['seconds']} s "
-            f"of every thread (`--idle`, {w['idle_requests']} requests).\n\n{cpu}\n{wall}\n"
+            f"of every thread (`--idle`, {w['idle_requests']} requests)." + _process(w) + f"\n\n{cpu}\n{wall}\n"
             f"Busiest innermost frames (on-CPU samples):\n\n```\n{top}\n```\n")
+
+
+def _process(w: dict) -> str:
+    """The worker's own CPU time beside the samples (results stored before it was kept have none)."""
+    if w.get("process_cpu_ms_per_request") is None:
+        return ""
+    sampled = sum(b["ms_per_request"] for b in w["cpu"] if b["what"] != UNSAMPLED)
+    return (f" The worker process used {w['process_cpu_ms_per_request']} ms of CPU per request meanwhile "
+            f"(psutil), the samples account for {sampled:.1f} ms; shares are of "
+            + ("the process's CPU time." if any(b["what"] == UNSAMPLED for b in w["cpu"]) else "the samples."))
 
 
 def _steps(s: dict) -> str:
