@@ -57,44 +57,55 @@ def wait_healthy(url: str, timeout: float, alive=lambda: True) -> None:
     raise RuntimeError(f"{url} not healthy within {timeout:g} s")
 
 
-class Worker:
-    """One Gunicorn worker started directly: `gunicorn -c deploy/gunicorn.conf.py 'app:create_app()'`."""
+class Server:
+    """One server process on 127.0.0.1, in its own process group, logging to
+    `work/<kind>-<name>.log`; stopped with SIGTERM, then SIGKILL after `stop_s`."""
 
-    def __init__(self, work: Path, name: str, env: dict):
-        self.port = free_ports(1)[0]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.name, self.env = name, env
-        self.log_path = work / f"worker-{name}.log"
-        self._log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(
-            [str(GUNICORN), "-c", "deploy/gunicorn.conf.py", "app:create_app()"], cwd=REPO,
-            env=_clean_env({**env, "ASR_PORT": str(self.port), "ASR_INSTANCE_NAME": name}),
-            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+    stop_s = 45.0
+
+    def __init__(self, work: Path, kind: str, name: str, command: list[str], cwd: Path, env: dict, port: int):
+        self.port, self.name, self.kind = port, name, kind
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = work / f"{kind}-{name}.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - the server writes to it until stop()
+        self.command = command
+        self.process = subprocess.Popen(command, cwd=cwd, env=_clean_env(env), stdout=self._log,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
         ROOTS.add(self.process.pid)
 
-    def wait_ready(self, timeout: float = 300) -> Worker:
+    def wait_ready(self, timeout: float = 300) -> Self:
         try:
             wait_healthy(self.url, timeout, lambda: self.process.poll() is None)
         except RuntimeError:
-            raise RuntimeError(f"worker {self.name} not ready: {self.log_path.read_text()[-1500:]}") from None
+            raise RuntimeError(f"{self.kind} {self.name} not ready: {self.log_path.read_text()[-1500:]}") from None
         if self.process.poll() is not None:
-            raise RuntimeError(f"worker {self.name} exited: {self.log_path.read_text()[-1500:]}")
+            raise RuntimeError(f"{self.kind} {self.name} exited: {self.log_path.read_text()[-1500:]}")
         return self
-
-    def app_pid(self) -> int:
-        """The Gunicorn worker process (the master's child) that runs the app."""
-        return psutil.Process(self.process.pid).children()[0].pid
 
     def stop(self) -> None:
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
-                self.process.wait(45)
+                self.process.wait(self.stop_s)
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
         self._log.close()
         ROOTS.discard(self.process.pid)
+
+
+class Worker(Server):
+    """One Gunicorn worker started directly: `gunicorn -c deploy/gunicorn.conf.py 'app:create_app()'`."""
+
+    def __init__(self, work: Path, name: str, env: dict):
+        port = free_ports(1)[0]
+        self.env = env
+        super().__init__(work, "worker", name, [str(GUNICORN), "-c", "deploy/gunicorn.conf.py", "app:create_app()"],
+                         REPO, {**env, "ASR_PORT": str(port), "ASR_INSTANCE_NAME": name}, port)
+
+    def app_pid(self) -> int:
+        """The Gunicorn worker process (the master's child) that runs the app."""
+        return psutil.Process(self.process.pid).children()[0].pid
 
 
 # Requests one bench instance admits (the fleet's default is 2 per CPU

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
-from .env import PYTHON, REPO, ROOTS
-from .lab import _clean_env, free_ports, wait_healthy
+from .env import PYTHON, REPO
+from .lab import Server, free_ports
 
 PEERS_DIR = REPO / ".cache" / "peers"
 PURELIB = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
@@ -102,42 +100,17 @@ def ensure_venv(venv: Venv) -> dict[str, str]:
                                            f"print(json.dumps({{d: m.version(d) for d in {list(venv.dists)!r}}}))"))
 
 
-class PeerServer:
+class PeerServer(Server):
     """One outside server process on 127.0.0.1 (its whole process group); `command`
     gets `--host 127.0.0.1 --port P` appended."""
 
+    stop_s = 30.0
+
     def __init__(self, work: Path, name: str, command: list[str], env: dict | None = None):
-        self.port = free_ports(1)[0]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.name = name
-        self.log_path = work / f"peer-{name}.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - the server writes to it until stop()
-        self.command = [*command, "--host", "127.0.0.1", "--port", str(self.port)]
+        port = free_ports(1)[0]
         # No hub, no network: everything a peer loads is a local folder.
-        self.process = subprocess.Popen(self.command, cwd=work,
-                                        env=_clean_env({"HF_HUB_OFFLINE": "1", **(env or {})}),
-                                        stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
-        ROOTS.add(self.process.pid)
-
-    def wait_ready(self, timeout: float = 300) -> PeerServer:
-        try:
-            wait_healthy(self.url, timeout, lambda: self.process.poll() is None)
-        except RuntimeError:
-            raise RuntimeError(f"{self.name} not ready: {self.log_path.read_text()[-1500:]}") from None
-        if self.process.poll() is not None:
-            raise RuntimeError(f"{self.name} exited: {self.log_path.read_text()[-1500:]}")
-        return self
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        self._log.close()
-        ROOTS.discard(self.process.pid)
+        super().__init__(work, "peer", name, [*command, "--host", "127.0.0.1", "--port", str(port)], work,
+                         {"HF_HUB_OFFLINE": "1", **(env or {})}, port)
 
 
 def start(lab, server: PeerServer, timeout: float = 300) -> PeerServer:
