@@ -145,7 +145,7 @@ class Batcher:
 
     def _take_batch(self) -> list[Job]:
         first = self._queue.popleft()
-        batch, seconds = [first], first.seconds
+        batch, seconds, longest = [first], first.seconds, first.seconds
         if first.solo:
             return batch
         kept: collections.deque[Job] = collections.deque()
@@ -153,11 +153,12 @@ class Batcher:
             job = self._queue.popleft()
             fits = not job.solo and job.options == first.options and seconds + job.seconds <= self.max_seconds
             if fits and self.max_padding is not None:
-                padded = (len(batch) + 1) * max(max(j.seconds for j in batch), job.seconds)
+                padded = (len(batch) + 1) * max(longest, job.seconds)
                 fits = padded <= (1 + self.max_padding) * (seconds + job.seconds)
             if fits:
                 batch.append(job)
                 seconds += job.seconds
+                longest = max(longest, job.seconds)
             else:
                 kept.append(job)
         self._queue.extendleft(reversed(kept))
