@@ -34,6 +34,10 @@ def fleet(tmp_path_factory):
     # full (max_conns), and the tests' three clients never fill one.
     fleet = Fleet(tmp_path_factory.mktemp("fleet"), weights=[1, 2, 1, 1], active=3,
                   tables={"worker": {"max_concurrent": 4}})
+    # Shares that follow the weights exactly are round robin's promise; least_conn (the default)
+    # weighs open requests too. The other fleet tests run the default.
+    fleet.top["balancing"] = "round_robin"
+    fleet.write_config()
     with fleet.running(3):
         yield fleet
 

@@ -146,6 +146,9 @@ def run(tmp_path_factory, audio_dir):
     root = tmp_path_factory.mktemp("autoscale")
     fleet = Fleet(root, weights=[1, 1, 1], active=1, min_instances=1, max_upload_mb=4, tables=TABLES)
     fleet.top.update(max_instances=2, cpu_cores=2)  # the third instance is a spare beyond max
+    # Round robin, so the two long recordings sent after the scale-up go one to each instance
+    # (least_conn, the default, could send both to the idle newcomer).
+    fleet.top.update(balancing="round_robin")
     fleet.write_config()
     first, added, beyond = fleet.names
     r = SimpleNamespace(fleet=fleet, first=first, added=added, beyond=beyond, ledger=Ledger("autoscale"),

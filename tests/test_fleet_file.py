@@ -82,7 +82,9 @@ def test_rendered_configs_weights_spares_and_supervisor_socket(tmp_path):
     run = tmp_path / "run"
     upstream = (run / "upstream.conf").read_text()
     assert "server 127.0.0.1:9001 weight=3" in upstream and "127.0.0.1:9002 weight=1" in upstream
-    assert "9003" not in upstream and "least_conn;" not in upstream
+    assert "9003" not in upstream and "least_conn;" in upstream  # the default balancing
+    _render(tmp_path, 'balancing = "round_robin"\n' + text)
+    assert "least_conn;" not in (run / "upstream.conf").read_text()
     supervisord = configparser.RawConfigParser(strict=False)
     supervisord.read(run / "supervisord.conf")
     assert supervisord.get("unix_http_server", "chmod") == "0700"
@@ -104,7 +106,7 @@ def test_rendered_configs_weights_spares_and_supervisor_socket(tmp_path):
 
 
 def test_least_conn_ejected_and_all_down_fallback(tmp_path):
-    text = "instances = 3\nbalancing = \"least_conn\"\n"
+    text = "instances = 3\n"  # least_conn by default
     resolved, state = _render(tmp_path, text, {"ejected": {"asr-8002": "unhealthy: timed out"}})
     upstream = (tmp_path / "run" / "upstream.conf").read_text()
     assert "least_conn;" in upstream

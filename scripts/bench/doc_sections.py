@@ -1,4 +1,4 @@
-"""Sections 1 to 6 of docs/benchmarks.md: stack overhead, scaling, batching,
+"""Sections 1 and 3 to 6 of docs/benchmarks.md: stack overhead, batching,
 balancing, engine speed and Whisper against faster-whisper, each rendered
 from its benchmark's stored results (bench/doc.py puts them in order)."""
 
@@ -17,7 +17,7 @@ def _kinds(http: dict, local: dict) -> str:
     return table(["process", "fleet (HTTP)", "in-process"], rows)
 
 
-def _rounds(x: dict) -> str:
+def round_figures(x: dict) -> str:
     return ", ".join(map(str, x["per_round"]))
 
 
@@ -37,7 +37,7 @@ def table_bands(r: dict, bands, key: str) -> dict:
     return {name: x.get(key) or worked_out.get(name) for name, x in r["table"].items()}
 
 
-def _band_cell(b: dict | None, fmt, null: float) -> str:
+def band_cell(b: dict | None, fmt, null: float) -> str:
     """A table cell with the rounds' min / median / max, and the verdict when they straddle `null`."""
     if b is None:
         return "n/a"
@@ -56,7 +56,7 @@ def overhead(r: dict) -> str:
              f"stereo JFK FLAC). Equivalent load: `scripts/loadtest.py --url <fleet> --files ../shared/audio "
              f"-c {r['concurrency']} -n {r['per_user']}`.\n")
     rows = [[name, number(x["audio_s_per_s"], 3), number(x["req_per_s"], 3), number(x["p50_ms"], 0), number(x["p95_ms"], 0),
-             number(x["cpu_per_audio_s"], 3), _rounds(x), number(x["foreign_cores"])]
+             number(x["cpu_per_audio_s"], 3), round_figures(x), number(x["foreign_cores"])]
             for name, x in (("fleet (HTTP)", http), ("in-process", local))]
     r = with_bands(r, http_bench.overhead_bands)
     cpu_share = (headline(signed_percent(r["stack_cpu_share"]), r.get("stack_cpu_share_band"), percent, GAIN)
@@ -74,32 +74,12 @@ def overhead(r: dict) -> str:
     return "\n".join([setup, table(header, rows), verdict, _kinds(http, local), details("fleet file used", r["fleet_toml"], "toml")])
 
 
-def scaling(r: dict) -> str:
-    bands = table_bands(r, http_bench.scaling_bands, "speedup_band")
-    rows = [[name, number(x["audio_s_per_s"], 3), number(x["req_per_s"], 3), number(x["speedup"], 2) + "x",
-             _band_cell(bands.get(name), times, RATIO) if i else "",
-             number(x["p50_ms"], 0), number(x["p95_ms"], 0), number(x["cpu_per_audio_s"], 3), _rounds(x),
-             number(x["foreign_cores"])] for i, (name, x) in enumerate(r["table"].items())]
-    setup = (f"One fleet ({r['engine']}), resized with `fleet.py scale N` between rounds, under the same "
-             f"offered load: {r['concurrency']} users, each sending {r['per_user']} recordings of the "
-             f"mixed set. The per-round speed-up divides round r of N instances by round r of one.\n")
-    header = ["instances", "audio s/s", "req/s", "vs 1 instance",
-              "vs 1 instance per round (min / median / max)", "p50 ms", "p95 ms", "CPU s per audio s",
-              "rounds (audio s/s)", "other tenants, cores"]
-    parts = [setup, table(header, rows)]
-    if len(r["table"]) > 1:
-        last, x = list(r["table"].items())[-1]
-        parts.append(headline(times(x["speedup"]), bands.get(last), times, RATIO,
-                              f"{last} vs 1 instance") + "\n")
-    return "\n".join([*parts, details("fleet file used", r["fleet_toml"], "toml")])
-
-
 def batching(r: dict) -> str:
     rows, verdicts, bands = [], [], table_bands(r, models.batching_bands, "gain_band")
     for c, x in r["table"].items():
         on, off = x["on"], x["off"]
         rows.append([c, number(on["audio_s_per_s"], 3), number(off["audio_s_per_s"], 3), signed_percent(x["gain"]),
-                     _band_cell(bands.get(c), percent, GAIN),
+                     band_cell(bands.get(c), percent, GAIN),
                      number(on["p50_ms"], 0), number(off["p50_ms"], 0), number(on["p95_ms"], 0), number(off["p95_ms"], 0),
                      number(x.get("mean_batch")), f"{number(on['foreign_cores'])} / {number(off['foreign_cores'])}"])
         verdicts.append(f"- {c} user(s): "

@@ -63,6 +63,7 @@ def machine() -> dict:
 
 
 ROOTS: set[int] = set()  # the supervisord and Gunicorn masters the benchmarks started
+COPIES: set[int] = set()  # bench/ceiling.py's pipeline processes (spawned, like a decoder child)
 
 
 def busy_cpu_seconds() -> float:
@@ -75,6 +76,8 @@ def _kind(proc: psutil.Process, bench: int) -> str:
     """Which part of the stack a process is, for the CPU breakdown."""
     if proc.pid == bench:
         return "bench process (load generator, or the in-process pipeline)"
+    if proc.pid in COPIES:
+        return "pipeline copy (bench/ceiling.py)"
     line = " ".join(proc.cmdline())
     for needle, kind in (("spawn_main", "decoder child process (pocketsphinx)"),
                          ("supervisord", "supervisord"), ("nginx", "nginx"),

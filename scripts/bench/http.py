@@ -16,6 +16,7 @@ from loadtest.core import run_load
 from loadtest.stats import latency_stats, summarize
 
 from . import gpu
+from .ceiling import Copies
 from .env import MIXED, SHORT, CpuMeter, audio_set, engine_settings, long_recording, wait_quiet
 from .inprocess import Pipeline, compact
 from .lab import Lab
@@ -148,15 +149,17 @@ def overhead_bands(r: dict) -> dict:
 
 
 def scaling(lab: Lab, opts) -> dict:
-    """A fleet of N instances against one, N up to the cores, at the same offered load."""
+    """A fleet of N instances against one, N up to the cores, at the same offered load; beside it,
+    in the same alternating rounds, the machine's own ceiling: the bare pipeline in N processes."""
     sizes = list(range(1, max(1, min(opts.nproc, 8)) + 1))
     files = audio_set(MIXED)
     c = 4 * sizes[-1]
     per_user = 2 if opts.quick else 4
-    fleet = lab.fleet("scaling", pool=sizes[-1], size=1, balancing="round_robin",
+    fleet = lab.fleet("scaling", pool=sizes[-1], size=1, balancing="least_conn",  # the fleet's default
                       **engine_settings(opts.engine))
     fleet.scale(sizes[-1])
     http_run(fleet.url, files, c, 1)  # warm every instance
+    copies = Copies(sizes[-1], engine_settings(opts.engine), files, repeats=1 if opts.quick else 2)
 
     def at(size: int):
         def run():
@@ -164,14 +167,26 @@ def scaling(lab: Lab, opts) -> dict:
             return http_run(fleet.url, files, c, per_user)
         return run
 
-    runs = alternate({f"{n} instance{'s' if n > 1 else ''}": at(n) for n in sizes}, opts.rounds)
+    instances = {f"{n} instance{'s' if n > 1 else ''}": at(n) for n in sizes}
+    processes = {f"{n} process{'es' if n > 1 else ''}": (lambda n=n: copies.run(n)) for n in sizes}
+    try:
+        runs = alternate({**instances, **processes}, opts.rounds)
+    finally:
+        copies.close()
     lab.release(fleet)
+    result = {"name": "scaling", "engine": opts.engine, "concurrency": c, "per_user": per_user,
+              "fleet_toml": fleet.toml, **speedups({k: runs[k] for k in instances})}
+    result["ceiling"] = {"repeats": copies.repeats, **speedups({k: runs[k] for k in processes})}
+    return result
+
+
+def speedups(runs: dict) -> dict:
+    """Rounds of each size pooled, with the speed-up over the first size, pooled and per round."""
     table = {name: pooled(rows) for name, rows in runs.items()}
     base = next(iter(table.values()))["audio_s_per_s"]
     for row in table.values():
         row["speedup"] = round(row["audio_s_per_s"] / base, 3)
-    result = {"name": "scaling", "table": table, "engine": opts.engine, "concurrency": c,
-              "per_user": per_user, "fleet_toml": fleet.toml, "runs": _strip(runs)}
+    result = {"table": table, "runs": _strip(runs)}
     for name, speedup_band in scaling_bands(result).items():
         table[name]["speedup_band"] = speedup_band
     return result

@@ -33,7 +33,7 @@ DEFAULTS: dict[str, dict] = {
     "": {
         "front_host": "127.0.0.1", "front_port": 5002, "engine": "auto",
         "model": "", "model_cache": "", "instances": "auto", "base_port": 8001,
-        "gpus": "auto", "min_instances": None, "max_instances": None, "balancing": "round_robin",
+        "gpus": "auto", "min_instances": None, "max_instances": None, "balancing": "least_conn",
         "cpu_cores": "auto",
     },
     "worker": {

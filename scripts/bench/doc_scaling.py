@@ -1,0 +1,80 @@
+"""Section 2 of docs/benchmarks.md: the fleet's speed-up from 1 to N instances, read
+against what the machine gives N copies of the model alone (bench/ceiling.py)."""
+
+from __future__ import annotations
+
+import tomllib
+
+from . import http as http_bench
+from .doc_sections import band_cell, round_figures, table_bands
+from .markdown import details, number, signed_percent, table
+from .stats import RATIO, headline, times
+
+GOAL = 1.85  # issue 10: 2 instances against 1 on a 2-core machine
+
+
+def render(r: dict) -> str:
+    bands = table_bands(r, http_bench.scaling_bands, "speedup_band")
+    rows = [[name, number(x["audio_s_per_s"], 3), number(x["req_per_s"], 3), times(x["speedup"]),
+             band_cell(bands.get(name), times, RATIO) if i else "",
+             number(x["p50_ms"], 0), number(x["p95_ms"], 0), number(x["cpu_per_audio_s"], 3), round_figures(x),
+             number(x["foreign_cores"])] for i, (name, x) in enumerate(r["table"].items())]
+    balancing = tomllib.loads(r["fleet_toml"]).get("balancing", "round_robin")
+    setup = (f"One fleet ({r['engine']}, `balancing = \"{balancing}\"`), resized with `fleet.py scale N` between rounds, under the same offered load: "
+             f"{r['concurrency']} users, each sending {r['per_user']} recordings of the mixed set. The "
+             f"per-round speed-up divides round r of N instances by round r of one.\n")
+    header = ["instances", "audio s/s", "req/s", "vs 1 instance",
+              "vs 1 instance per round (min / median / max)", "p50 ms", "p95 ms", "CPU s per audio s",
+              "rounds (audio s/s)", "other tenants, cores"]
+    parts = [setup, table(header, rows)]
+    if len(r["table"]) > 1:
+        last, x = list(r["table"].items())[-1]
+        parts.append(headline(times(x["speedup"]), bands.get(last), times, RATIO,
+                              f"{last} vs 1 instance") + "\n")
+    parts.append(ceiling(r))
+    return "\n".join([*parts, details("fleet file used", r["fleet_toml"], "toml")])
+
+
+def ceiling(r: dict) -> str:
+    """The ceiling's table and what it says of the fleet's speed-up; "" for results stored without it."""
+    c = r.get("ceiling")
+    if not c or len(c["table"]) < 2 or len(r["table"]) < 2:
+        return ""
+    bands = table_bands(c, http_bench.scaling_bands, "speedup_band")
+    rows = [[name, number(x["audio_s_per_s"], 3), times(x["speedup"]),
+             band_cell(bands.get(name), times, RATIO) if i else "", number(x["cpu_per_audio_s"], 3),
+             number(x["audio_s_per_s"] * x["cpu_per_audio_s"], 2), round_figures(x), number(x["foreign_cores"])]
+            for i, (name, x) in enumerate(c["table"].items())]
+    sizes, fleet_sizes = list(c["table"].items()), list(r["table"].values())
+    (one, first), (last, most) = sizes[0], sizes[-1]
+    fleet_one, fleet_most = fleet_sizes[0], fleet_sizes[-1]
+    intro = (f"**What the machine gives {last} of the model.** A fleet can be no faster than copies of its "
+             f"model computing side by side with nothing else running. In the same alternating rounds, "
+             f"`scripts/bench/ceiling.py` ran the worker's own pipeline (`app.service.Transcriber`: decode, "
+             f"VAD, batcher, {r['engine']} on one thread, as each CPU instance has) in {one} and in {last} "
+             f"at once, each transcribing the mixed set {c['repeats']} time(s), one recording after another: "
+             f"no HTTP, no Nginx, no load generator. Cores busy is audio s/s times CPU s per audio s.\n")
+    header = ["copies", "audio s/s", f"vs {one}", f"vs {one} per round (min / median / max)",
+              "CPU s per audio s", "cores busy", "rounds (audio s/s)", "other tenants, cores"]
+    lines = [intro, table(header, rows),
+             headline(times(most["speedup"]), bands.get(last), times, RATIO, f"{last} vs {one}") + "\n"]
+    fleet_speedup, machine = fleet_most["speedup"], most["speedup"]
+    cost = {"machine": most["cpu_per_audio_s"] / first["cpu_per_audio_s"] - 1,
+            "fleet": fleet_most["cpu_per_audio_s"] / fleet_one["cpu_per_audio_s"] - 1}
+    why = (f"The same work costs more CPU when every core computes: CPU per audio second rises by "
+           f"{signed_percent(cost['machine'])} from {one} to {last} alone, and by "
+           f"{signed_percent(cost['fleet'])} in the fleet (whose figure also counts Nginx, the poller and "
+           f"the load generator). The cores are busy in both; each does less per second, because the copies "
+           f"share what the model streams through (caches, memory bandwidth) and, on a virtual machine, "
+           f"physical cores the host may share with other guests.")
+    if fleet_speedup >= GOAL:
+        verdict = f"The fleet meets the goal of at least {GOAL:.2f}x."
+    elif machine < GOAL:
+        verdict = (f"**The goal of at least {GOAL:.2f}x is above this machine's own ceiling**: {last} of the "
+                   f"model alone reach {times(machine)}, and the fleet gets {fleet_speedup / machine:.0%} of "
+                   f"that ({times(fleet_speedup)}). {why}")
+    else:
+        verdict = (f"The fleet misses the goal of at least {GOAL:.2f}x where the machine does not: {last} of "
+                   f"the model alone reach {times(machine)}, the fleet {fleet_speedup / machine:.0%} of that "
+                   f"({times(fleet_speedup)}). The shortfall is the fleet's own.")
+    return "\n".join([*lines, verdict + "\n"])

@@ -1,0 +1,60 @@
+"""The scaling section reads the fleet's speed-up against the machine's own ceiling
+(the bare pipeline in 1 and 2 processes, bench/ceiling.py), from stored rounds: the
+verdict blames the machine only when the ceiling itself is under the goal, and the
+Summary carries both figures. Results stored before the ceiling was measured still
+render, without it. The ceiling's processes themselves run in `make bench`."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from machine import REPO
+
+sys.path.insert(0, str(REPO / "scripts"))
+from test_bench_bands import MACHINE, results, row
+
+from bench import doc, http
+
+pytestmark = pytest.mark.unit
+
+
+def with_ceiling(fleet: tuple, alone: tuple) -> dict:
+    """Results whose scaling rounds give the fleet `fleet` and the bare copies `alone`
+    (audio s/s of 1 and of 2, two rounds each); two copies spend 10% more CPU per audio second."""
+    out = results()
+    out["scaling"].update(http.speedups({"1 instance": [row(fleet[0][0]), row(fleet[0][1])],
+                                         "2 instances": [row(fleet[1][0]), row(fleet[1][1])]}))
+    out["scaling"]["ceiling"] = {"repeats": 2, **http.speedups({
+        "1 process": [row(alone[0][0], cpu_s=alone[0][0]), row(alone[0][1], cpu_s=alone[0][1])],
+        "2 processes": [row(alone[1][0], cpu_s=alone[1][0] * 1.1), row(alone[1][1], cpu_s=alone[1][1] * 1.1)]})}
+    return out
+
+
+def scaling_section(out: dict) -> tuple[str, str]:
+    text = doc.render(out, MACHINE, "make bench", 60)
+    return text.split("## 2. Scaling")[1].split("\n## ")[0], text.split("## Summary")[1].split("\n## ")[0]
+
+
+def test_a_fleet_short_of_a_goal_the_machine_cannot_reach_is_read_against_the_ceiling():
+    section, summary = scaling_section(with_ceiling(fleet=((5.0, 5.0), (8.9, 8.9)), alone=((5.0, 5.0), (9.0, 9.2))))
+    assert "**2 processes vs 1 process: 1.82x** (per round: min 1.80x, median 1.82x, max 1.84x)" in section
+    assert ("**The goal of at least 1.85x is above this machine's own ceiling**: 2 processes of the model "
+            "alone reach 1.82x, and the fleet gets 98% of that (1.78x).") in section
+    assert "CPU per audio second rises by +10.0% from 1 process to 2 processes alone" in section
+    assert "| scaling, 2 instances vs 1 instance | 1.78x; per round median 1.78x (1.78x to 1.78x) | at least 1.85x |" \
+        in summary
+    assert "| the machine's ceiling: the pipeline alone, 2 processes vs 1 | 1.82x;" in summary
+
+
+def test_a_fleet_short_of_a_goal_the_machine_reaches_is_called_the_fleets_own_shortfall():
+    section, _ = scaling_section(with_ceiling(fleet=((5.0, 5.0), (8.9, 8.9)), alone=((5.0, 5.0), (9.6, 9.8))))
+    assert "above this machine's own ceiling" not in section
+    assert "The fleet misses the goal of at least 1.85x where the machine does not" in section
+    assert "The shortfall is the fleet's own." in section
+
+
+def test_results_stored_before_the_ceiling_render_without_it():
+    section, summary = scaling_section(results())
+    assert "**2 instances vs 1 instance: 1.86x**" in section and "ceiling" not in section
+    assert "machine's ceiling" not in summary
