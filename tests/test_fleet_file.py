@@ -83,8 +83,6 @@ def test_rendered_configs_weights_spares_and_supervisor_socket(tmp_path):
     upstream = (run / "upstream.conf").read_text()
     assert "server 127.0.0.1:9001 weight=3" in upstream and "127.0.0.1:9002 weight=1" in upstream
     assert "9003" not in upstream and "least_conn;" in upstream  # the default balancing
-    _render(tmp_path, 'balancing = "round_robin"\n' + text)
-    assert "least_conn;" not in (run / "upstream.conf").read_text()
     supervisord = configparser.RawConfigParser(strict=False)
     supervisord.read(run / "supervisord.conf")
     assert supervisord.get("unix_http_server", "chmod") == "0700"
@@ -103,11 +101,13 @@ def test_rendered_configs_weights_spares_and_supervisor_socket(tmp_path):
     require_tool("nginx")  # the rest holds without it; `nginx -t` needs it
     test = subprocess.run(resolved["nginx_cmd"] + ["-t"], capture_output=True, text=True)
     assert test.returncode == 0, test.stderr
+    _render(tmp_path, 'balancing = "round_robin"\n' + text)
+    assert "least_conn;" not in (run / "upstream.conf").read_text()
 
 
 def test_least_conn_ejected_and_all_down_fallback(tmp_path):
     text = "instances = 3\n"  # least_conn by default
-    resolved, state = _render(tmp_path, text, {"ejected": {"asr-8002": "unhealthy: timed out"}})
+    _render(tmp_path, text, {"ejected": {"asr-8002": "unhealthy: timed out"}})
     upstream = (tmp_path / "run" / "upstream.conf").read_text()
     assert "least_conn;" in upstream
     assert "127.0.0.1:8002 weight=1 max_conns=2 max_fails=0 down;" in upstream

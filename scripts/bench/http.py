@@ -157,9 +157,7 @@ def scaling(lab: Lab, opts) -> dict:
     per_user = 2 if opts.quick else 4
     fleet = lab.fleet("scaling", pool=sizes[-1], size=1, balancing="least_conn",  # the fleet's default
                       **engine_settings(opts.engine))
-    fleet.scale(sizes[-1])
-    http_run(fleet.url, files, c, 1)  # warm every instance
-    copies = Copies(sizes[-1], engine_settings(opts.engine), files, repeats=1 if opts.quick else 2)
+    copies = None
 
     def at(size: int):
         def run():
@@ -168,15 +166,24 @@ def scaling(lab: Lab, opts) -> dict:
         return run
 
     instances = {f"{n} instance{'s' if n > 1 else ''}": at(n) for n in sizes}
-    processes = {f"{n} process{'es' if n > 1 else ''}": (lambda n=n: copies.run(n)) for n in sizes}
     try:
+        fleet.scale(sizes[-1])
+        http_run(fleet.url, files, c, 1)  # warm every instance
+        # The ceiling is the CPU's: with GPUs the instances each have their own, and copies in this
+        # process's view would all share the first one.
+        if not gpu.count():
+            copies = Copies(sizes[-1], engine_settings(opts.engine), files, repeats=1 if opts.quick else 2)
+        processes = {f"{n} process{'es' if n > 1 else ''}": (lambda n=n: copies.run(n))
+                     for n in sizes} if copies else {}
         runs = alternate({**instances, **processes}, opts.rounds)
     finally:
-        copies.close()
-    lab.release(fleet)
+        if copies:
+            copies.close()
+        lab.release(fleet)
     result = {"name": "scaling", "engine": opts.engine, "concurrency": c, "per_user": per_user,
               "fleet_toml": fleet.toml, **speedups({k: runs[k] for k in instances})}
-    result["ceiling"] = {"repeats": copies.repeats, **speedups({k: runs[k] for k in processes})}
+    if copies:
+        result["ceiling"] = {"repeats": copies.repeats, **speedups({k: runs[k] for k in processes})}
     return result
 
 

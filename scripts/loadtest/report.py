@@ -61,9 +61,10 @@ def suggestions(s: dict) -> list[str]:
                    "request IDs (X-Request-ID) in requests.csv.")
     if lat["p50"] and lat["p95"] and lat["p95"] > TAIL_RATIO * lat["p50"]:
         if len(instances) > 1:
-            out.append(f"p95 ({lat['p95']:.0f} ms) is {lat['p95'] / lat['p50']:.1f}x p50: with round robin "
-                       "a long recording holds up the requests behind it; try least_conn in the Nginx "
-                       "upstream.")
+            out.append(f"p95 ({lat['p95']:.0f} ms) is {lat['p95'] / lat['p50']:.1f}x p50: a long recording "
+                       "holds up the requests behind it; with balancing = \"round_robin\" in fleet.toml, "
+                       "go back to least_conn (the default), else a shorter ASR_MAX_SEGMENT_SECONDS "
+                       "cuts the tail.")
         else:
             out.append(f"p95 ({lat['p95']:.0f} ms) is {lat['p95'] / lat['p50']:.1f}x p50: requests queue "
                        "behind long recordings; more instances or a shorter ASR_MAX_SEGMENT_SECONDS cut "
