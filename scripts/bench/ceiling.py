@@ -92,10 +92,15 @@ class Copies:
     def _answer(self, i: int, timeout: float):
         """Copy i's next message; a copy that failed, exited or ran past `timeout` raises."""
         conn, process = self.conns[i], self.processes[i]
-        if not multiprocessing.connection.wait([conn, process.sentinel], timeout) or not conn.poll():
-            state = "exited" if not process.is_alive() else f"said nothing in {timeout:.0f} s"
-            raise RuntimeError(f"a copy of the pipeline {state}")
-        said = conn.recv()
+        if not multiprocessing.connection.wait([conn, process.sentinel], timeout):
+            raise RuntimeError(f"a copy of the pipeline said nothing in {timeout:.0f} s")
+        try:
+            if not conn.poll():  # only the sentinel is ready: the copy exited without a word
+                raise EOFError
+            said = conn.recv()
+        except EOFError:
+            process.join(5)
+            raise RuntimeError(f"a copy of the pipeline exited (exit code {process.exitcode})") from None
         if isinstance(said, str) and said.startswith("a copy"):
             raise RuntimeError(said)
         return said
