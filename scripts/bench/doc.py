@@ -69,17 +69,7 @@ def summary(results: dict) -> str:
         rows.append(["stack cost in CPU outside the engine (fleet vs in-process)",
                      cell(signed_percent(r["stack_cpu_share"]), r.get("stack_cpu_share_band"), percent, GAIN),
                      "under 5%"])
-    r = results.get("scaling", {})
-    if len(r.get("table", {})) > 1:
-        last, x = list(r["table"].items())[-1]
-        speedup_band = table_bands(r, http_bench.scaling_bands, "speedup_band")[last]
-        rows.append([f"scaling, {last} vs 1 instance", cell(times(x["speedup"]), speedup_band, times, RATIO),
-                     f"at least {doc_scaling.GOAL:.2f}x" if last == "2 instances" else ""])
-    if len(r.get("ceiling", {}).get("table", {})) > 1:
-        last, x = list(r["ceiling"]["table"].items())[-1]
-        speedup_band = table_bands(r["ceiling"], http_bench.scaling_bands, "speedup_band")[last]
-        rows.append([f"the machine's ceiling: the pipeline alone, {last} vs 1",
-                     cell(times(x["speedup"]), speedup_band, times, RATIO), ""])
+    rows += doc_scaling.summary_rows(results.get("scaling", {}))
     r = results.get("batching", {})
     gain_bands = table_bands(r, models.batching_bands, "gain_band") if "table" in r else {}
     for c, x in r.get("table", {}).items():

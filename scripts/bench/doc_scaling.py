@@ -8,9 +8,37 @@ import tomllib
 from . import http as http_bench
 from .doc_sections import band_cell, round_figures, table_bands
 from .markdown import details, number, signed_percent, table
-from .stats import RATIO, headline, times
+from .stats import RATIO, cell, headline, times
 
 GOAL = 1.85  # issue 10: 2 instances against 1 on a 2-core machine
+
+
+def _largest(part: dict) -> tuple[str, dict, dict | None]:
+    """A scaling table's largest size (the fleet's, or the ceiling's): its name, row and speed-up band."""
+    last, x = list(part["table"].items())[-1]
+    return last, x, table_bands(part, http_bench.scaling_bands, "speedup_band")[last]
+
+
+def _has_goal(size: str) -> bool:
+    return size.startswith("2 ")  # the goal is for 2 instances against 1 (a 2-core machine)
+
+
+def _cores_busy(x: dict) -> float:
+    return x["audio_s_per_s"] * x["cpu_per_audio_s"]
+
+
+def summary_rows(r: dict) -> list[list[str]]:
+    """The Summary's rows: the fleet's speed-up at its largest size, and the machine's ceiling."""
+    rows = []
+    if len(r.get("table", {})) > 1:
+        last, x, band = _largest(r)
+        rows.append([f"scaling, {last} vs 1 instance", cell(times(x["speedup"]), band, times, RATIO),
+                     f"at least {GOAL:.2f}x" if _has_goal(last) else ""])
+    if len(r.get("ceiling", {}).get("table", {})) > 1:
+        last, x, band = _largest(r["ceiling"])
+        rows.append([f"the machine's ceiling: the pipeline alone, {last} vs 1",
+                     cell(times(x["speedup"]), band, times, RATIO), ""])
+    return rows
 
 
 def render(r: dict) -> str:
@@ -20,18 +48,17 @@ def render(r: dict) -> str:
              number(x["p50_ms"], 0), number(x["p95_ms"], 0), number(x["cpu_per_audio_s"], 3), round_figures(x),
              number(x["foreign_cores"])] for i, (name, x) in enumerate(r["table"].items())]
     balancing = tomllib.loads(r["fleet_toml"]).get("balancing", "round_robin")
-    setup = (f"One fleet ({r['engine']}, `balancing = \"{balancing}\"`), resized with `fleet.py scale N` between rounds, under the same offered load: "
-             f"{r['concurrency']} users, each sending {r['per_user']} recordings of the mixed set. The "
+    setup = (f"One fleet ({r['engine']}, `balancing = \"{balancing}\"`), resized with `fleet.py scale N` "
+             f"between rounds, under the same offered load: {r['concurrency']} users, each sending {r['per_user']} recordings of the mixed set. The "
              f"per-round speed-up divides round r of N instances by round r of one.\n")
     header = ["instances", "audio s/s", "req/s", "vs 1 instance",
               "vs 1 instance per round (min / median / max)", "p50 ms", "p95 ms", "CPU s per audio s",
               "rounds (audio s/s)", "other tenants, cores"]
     parts = [setup, table(header, rows)]
     if len(r["table"]) > 1:
-        last, x = list(r["table"].items())[-1]
-        parts.append(headline(times(x["speedup"]), bands.get(last), times, RATIO,
-                              f"{last} vs 1 instance") + "\n")
-        parts.append(ceiling(r, bands.get(last)))
+        last, x, band = _largest(r)
+        parts.append(headline(times(x["speedup"]), band, times, RATIO, f"{last} vs 1 instance") + "\n")
+        parts.append(ceiling(r, band))
     return "\n".join([*parts, details("fleet file used", r["fleet_toml"], "toml")])
 
 
@@ -43,7 +70,7 @@ def ceiling(r: dict, fleet_band: dict | None) -> str:
     bands = table_bands(c, http_bench.scaling_bands, "speedup_band")
     rows = [[name, number(x["audio_s_per_s"], 3), times(x["speedup"]),
              band_cell(bands.get(name), times, RATIO) if i else "", number(x["cpu_per_audio_s"], 3),
-             number(x["audio_s_per_s"] * x["cpu_per_audio_s"], 2), round_figures(x), number(x["foreign_cores"])]
+             number(_cores_busy(x), 2), round_figures(x), number(x["foreign_cores"])]
             for i, (name, x) in enumerate(c["table"].items())]
     sizes, fleet_sizes = list(c["table"].items()), list(r["table"].values())
     (one, first), (last, most) = sizes[0], sizes[-1]
@@ -64,20 +91,17 @@ def ceiling(r: dict, fleet_band: dict | None) -> str:
     fleet_speedup, machine = fleet_most["speedup"], most["speedup"]
     verdict = (f"The fleet's speed-up is {fleet_speedup / machine:.0%} of the machine's ceiling "
                f"({times(fleet_speedup)} against {times(machine)}).")
-    if copies == "2":  # the goal is for 2 instances against 1 (a 2-core machine)
+    if _has_goal(last):
         verdict += " " + _against_goal(fleet_speedup, fleet_band, machine, _why(first, most, fleet_one, fleet_most))
     return "\n".join([*lines, verdict + "\n"])
 
 
 def _why(first: dict, most: dict, fleet_one: dict, fleet_most: dict) -> str:
     """Where two copies lose against twice one: CPU per audio second, and cores left idle."""
-    def busy(x: dict) -> float:
-        return x["audio_s_per_s"] * x["cpu_per_audio_s"]
-
     alone = most["cpu_per_audio_s"] / first["cpu_per_audio_s"] - 1
     fleet = fleet_most["cpu_per_audio_s"] / fleet_one["cpu_per_audio_s"] - 1
-    cores = (f"Cores busy: {busy(first):.2f} for one copy, {busy(most):.2f} for two; the fleet "
-             f"{busy(fleet_one):.2f} and {busy(fleet_most):.2f}.")
+    cores = (f"Cores busy: {_cores_busy(first):.2f} for one copy, {_cores_busy(most):.2f} for two; the fleet "
+             f"{_cores_busy(fleet_one):.2f} and {_cores_busy(fleet_most):.2f}.")
     if alone <= 0:
         return f"{cores} CPU per audio second does not rise with two copies ({signed_percent(alone)})."
     return (f"{cores} The same work costs more CPU when both cores compute: CPU per audio second is "
